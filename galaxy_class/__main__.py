@@ -1,0 +1,3 @@
+from galaxy_class.cli import main
+
+raise SystemExit(main())
