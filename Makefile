@@ -1,0 +1,30 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATASET ?= sample
+NOTEBOOKS := galaxy_class_mobilenet.ipynb galaxy_class_squeezenet.ipynb
+
+.PHONY: setup run test demo clean-venv
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("error: Python 3.10 or newer is needed") if sys.version_info < (3, 10) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	for nb in $(NOTEBOOKS); do \
+	  $(BIN)/papermill --cwd . -k python3 $$nb $$nb -p dataset "$(DATASET)" || exit 1; \
+	done
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)
