@@ -1,0 +1,56 @@
+"""Every setting of a run, in one dataclass saved as `config.json` beside the model."""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from galaxy_class.errors import GalaxyClassError
+
+
+@dataclass
+class Config:
+    model: str = "mobilenet"          # mobilenet | mobilenet_v2 | squeezenet
+    data: str = "sample"              # sample | galaxy10_decals | galaxy10_sdss | path to a Galaxy10-schema HDF5
+    weights: str = "imagenet"         # none | imagenet | path to a weights file
+    image_size: int = 128             # the model resizes its uint8 input to this
+    alpha: float = 0.25               # MobileNet width multiplier
+    batchnorm: bool = False           # SqueezeNet only: BatchNorm after conv1 and each squeeze layer
+    dropout: float = 0.2
+    batch_size: int = 64              # per replica
+    epochs: int = 5                   # stage 1: new head on the frozen pretrained base
+    fine_tune_epochs: int = 30        # stage 2: base unfrozen, lower learning rate
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 2e-4
+    fine_tune_layers: int = 0         # how many of the base's last layers to unfreeze; 0 = all of them
+    label_smoothing: float = 0.05
+    class_weight: str = "sqrt"        # none | sqrt | balanced: weight classes by (1/frequency)**power
+    augment: bool = True              # random flips and 90-degree rotations
+    patience: int = 8                 # early stopping on validation loss, best weights kept
+    tta: bool = True                  # evaluate with the mean over the 8 flips and rotations
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    steps_per_epoch: int = 0          # 0 = whole training split; a few steps for a quick smoke run
+    # Filled in from the data when the run starts.
+    class_names: list = field(default_factory=list)
+    input_shape: list = field(default_factory=list)
+    data_path: str = ""
+
+    def save(self, path):
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path):
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise GalaxyClassError(f"{path}: cannot read the run's settings ({e})") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes):
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise GalaxyClassError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,133 @@
+"""MobileNet and SqueezeNet classifiers that take uint8 images and do their own preprocessing."""
+
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+from keras import layers
+
+from galaxy_class.errors import GalaxyClassError
+
+ARCHITECTURES = ("mobilenet", "mobilenet_v2", "squeezenet")
+
+# SqueezeNet v1.1 ImageNet weights without top (converted from Caffe by rcmalli/keras-squeezenet, MIT).
+SQUEEZENET_WEIGHTS_URL = (
+    "https://raw.githubusercontent.com/rcmalli/keras-squeezenet/62b3f05869108b7e6b0510739473bf6ccfbf1073"
+    "/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
+)
+SQUEEZENET_WEIGHTS_SHA256 = "2d935d8c102ad1232484a77da8e6fbdf3ff4ab608974a0d8b6283115ffff204f"
+# Caffe-mode ImageNet means, in RGB order: the weights were trained on BGR images with these removed.
+CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
+# (squeeze, expand) filters of fire2..fire9 in SqueezeNet v1.1.
+FIRE_FILTERS = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128),
+                6: (48, 192), 7: (48, 192), 8: (64, 256), 9: (64, 256)}
+
+
+def build_model(arch, num_classes, input_shape, image_size=128, weights="imagenet",
+                alpha=0.25, dropout=0.2, batchnorm=False):
+    """A classifier on uint8 images of `input_shape`; resizing and scaling are layers inside it.
+
+    `weights` is "none", "imagenet" (downloaded by Keras and cached) or a path to a weights file.
+    The pretrained part is the sub-model named "base"; the head is pooling, dropout and softmax.
+    """
+    if arch not in ARCHITECTURES:
+        raise GalaxyClassError(f"unknown model {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    weights = _check_weights(weights)
+    size = (image_size, image_size, 3)
+    if arch == "squeezenet":
+        base = squeezenet_base(size, batchnorm=batchnorm)
+        if weights is not None:
+            load_squeezenet_weights(base, _squeezenet_weights_file() if weights == "imagenet" else weights)
+        scale = layers.Normalization(mean=CAFFE_MEAN_RGB, variance=(1.0, 1.0, 1.0), name="caffe_mean")
+    else:
+        app = keras.applications.MobileNet if arch == "mobilenet" else keras.applications.MobileNetV2
+        try:
+            base = app(input_shape=size, alpha=alpha, include_top=False, weights=weights)
+        except (ValueError, OSError) as e:  # Keras names the file or URL it could not use
+            raise GalaxyClassError(f"cannot load {arch} weights {weights!r}: {_first_line(e)}") from None
+        scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")
+    base.name = "base"
+
+    inputs = keras.Input(input_shape, dtype="uint8", name="image")
+    x = layers.Resizing(image_size, image_size, name="resize")(inputs)
+    x = scale(x)
+    # A pretrained base stays in inference mode (BatchNorm statistics frozen) even when fine-tuned;
+    # new BatchNorm layers (from scratch, or added to SqueezeNet) must learn their statistics.
+    frozen_stats = weights is not None and not (arch == "squeezenet" and batchnorm)
+    x = base(x, training=False if frozen_stats else None)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=arch)
+
+
+def squeezenet_base(input_shape, batchnorm=False):
+    """SqueezeNet v1.1 convolutional part (conv1..fire9); layer names follow the ImageNet weight file."""
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(64, 3, strides=2, padding="valid", name="conv1")(inputs)
+    x = _bn_relu(x, "conv1", batchnorm)
+    for i in range(2, 10):
+        if i in (2, 4, 6):
+            x = layers.MaxPooling2D(3, strides=2, name=f"pool{i - 1}")(x)
+        squeeze, expand = FIRE_FILTERS[i]
+        x = layers.Conv2D(squeeze, 1, name=f"fire{i}_squeeze1x1")(x)
+        x = _bn_relu(x, f"fire{i}_squeeze1x1", batchnorm)
+        left = layers.Conv2D(expand, 1, activation="relu", name=f"fire{i}_expand1x1")(x)
+        right = layers.Conv2D(expand, 3, padding="same", activation="relu", name=f"fire{i}_expand3x3")(x)
+        x = layers.Concatenate(name=f"fire{i}_concat")([left, right])
+    return keras.Model(inputs, x, name="squeezenet_v1_1")
+
+
+def _bn_relu(x, name, batchnorm):
+    if batchnorm:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def load_squeezenet_weights(base, path):
+    """Copy the Keras 2 weight file of SqueezeNet v1.1 into `base`, converting conv1 from BGR to RGB."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            for group_name in [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]:
+                group = f[group_name]
+                values = [np.asarray(group[w]) for w in group.attrs["weight_names"]]
+                if not values:  # pooling, activation and input layers are listed too
+                    continue
+                if group_name == "conv1":
+                    values[0] = values[0][:, :, ::-1, :]  # Caffe BGR input channels -> our RGB input
+                base.get_layer(group_name.replace("/", "_")).set_weights(values)
+    except (OSError, KeyError, ValueError) as e:
+        raise GalaxyClassError(f"{path}: not a SqueezeNet v1.1 weight file ({_first_line(e)})") from None
+
+
+def _squeezenet_weights_file():
+    try:
+        return keras.utils.get_file(
+            "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5", SQUEEZENET_WEIGHTS_URL,
+            file_hash=SQUEEZENET_WEIGHTS_SHA256, cache_subdir="models")
+    except Exception as e:  # Keras raises plain Exception for URL errors
+        raise GalaxyClassError(
+            f"cannot download SqueezeNet weights from {SQUEEZENET_WEIGHTS_URL} ({_first_line(e)}): "
+            f"put the file in {Path(keras.config.keras_home()) / 'models'} or pass weights=PATH or none"
+        ) from None
+
+
+def _check_weights(weights):
+    if weights in (None, "none"):
+        return None
+    if weights == "imagenet":
+        return weights
+    if not Path(weights).is_file():
+        raise GalaxyClassError(f"{weights}: weights file not found (use none, imagenet or a path)")
+    return str(weights)
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def base_model(model):
+    """The pretrained convolutional part of a model made by `build_model`."""
+    return model.get_layer("base")
