@@ -1,0 +1,146 @@
+"""`python -m galaxy_class` (or `galaxy-class`): inspect, train, evaluate, predict."""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from galaxy_class.errors import GalaxyClassError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cmd_inspect(args):
+    from galaxy_class.data import describe, open_galaxy10
+
+    print(describe(open_galaxy10(args.source)))
+
+
+def cmd_train(args):
+    from galaxy_class.config import Config
+    from galaxy_class.train import train
+
+    settings = {"model": args.model, "data": args.data, "seed": args.seed, "epochs": args.epochs,
+                "fine_tune_epochs": args.fine_tune_epochs, "weights": args.weights,
+                "image_size": args.image_size, "batch_size": args.batch_size,
+                "steps_per_epoch": args.steps_per_epoch}
+    config = Config().replace(**{k: v for k, v in settings.items() if v is not None})
+    metrics = train(config, args.out, overwrite=args.overwrite, verbose=2 if args.verbose else 0)
+    print(f"Finished: {args.out}")
+    print(format_metrics(metrics))
+
+
+def cmd_evaluate(args):
+    from galaxy_class.data import open_galaxy10
+    from galaxy_class.evaluate import evaluate
+    from galaxy_class.train import load_run
+
+    model, config, split = load_run(args.run_dir)
+    g = open_galaxy10(args.data or config.data_path or config.data)
+    if tuple(g.class_names) != tuple(config.class_names):
+        raise GalaxyClassError(f"{g.path}: its classes {list(g.class_names)} are not the ones the model "
+                               f"in {args.run_dir} was trained on {config.class_names}")
+    own_data = Path(g.path).resolve() == Path(config.data_path).resolve()
+    indices = split["test"] if own_data else range(g.n)
+    tta = config.tta if args.tta is None else args.tta
+    metrics = evaluate(model, g, list(indices), config.class_names, tta=tta)
+    metrics.update(split="test" if own_data else "all", data=str(g.path))
+    print(format_metrics(metrics))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
+    if args.figures:
+        from galaxy_class.plots import confusion_figure
+
+        Path(args.figures).mkdir(parents=True, exist_ok=True)
+        out = Path(args.figures) / f"{config.model}_confusion_matrix.png"
+        confusion_figure(metrics["confusion_matrix"], config.class_names, title=config.model).savefig(out, dpi=120)
+        print(f"Wrote {out}")
+
+
+def cmd_predict(args):
+    from galaxy_class.data import load_image
+    from galaxy_class.evaluate import predict_proba
+    from galaxy_class.train import load_run
+
+    model, config, _ = load_run(args.run_dir)
+    results = []
+    for path in args.images:
+        probs = predict_proba(model, load_image(path, config.input_shape)[None], tta=args.tta)[0]
+        top = int(probs.argmax())
+        results.append({"image": str(path), "class": config.class_names[top], "probability": float(probs[top]),
+                        "probabilities": dict(zip(config.class_names, map(float, probs)))})
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    for r in results:
+        print(f"{r['image']}: {r['class']} ({r['probability']:.1%})")
+
+
+def format_metrics(m):
+    """A short text report: accuracy, macro-F1 and per-class scores."""
+    lines = [f"{m['n']} images{' (with 8-view TTA)' if m.get('tta') else ''}: "
+             f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}",
+             f"{'class':<32} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
+    for name, s in m["per_class"].items():
+        lines.append(f"{name:<32} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>6}")
+    return "\n".join(lines)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="galaxy-class", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="image count, shape, class names and counts of a data source")
+    p.add_argument("source", help="sample, galaxy10_decals, galaxy10_sdss or a path to a Galaxy10-schema HDF5")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", help="train and fine-tune a model into a run folder")
+    p.add_argument("--model", required=True, choices=["mobilenet", "mobilenet_v2", "squeezenet"])
+    p.add_argument("--data", required=True, help="sample, galaxy10_decals, galaxy10_sdss or a file path")
+    p.add_argument("--out", required=True, type=Path, help="run folder (an unfinished run in it resumes)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int, help="stage 1 epochs (new head)")
+    p.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (fine-tuning)")
+    p.add_argument("--weights", help="none, imagenet (downloaded by Keras) or a path to a weights file")
+    p.add_argument("--image-size", type=int, help="the size the model resizes its input to")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps-per-epoch", type=int, help="limit each epoch to a few batches (smoke tests)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--verbose", action="store_true", help="print one line per epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run on its test split or on another file")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data", help="default: the run's own data (its saved test split); any other file: all of it")
+    p.add_argument("--json", type=Path, help="write the metrics to this JSON file")
+    p.add_argument("--figures", type=Path, help="write the confusion matrix PNG into this folder")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the 8 flips and rotations (default: as the run was configured)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify PNG or JPEG images with a trained run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except GalaxyClassError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (an unfinished training run resumes when started again)", file=sys.stderr)
+        return 130
+    return 0

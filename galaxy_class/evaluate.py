@@ -1,0 +1,47 @@
+"""Predictions and honest metrics: accuracy, macro-F1, per-class scores, confusion matrix."""
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from galaxy_class.data import dihedral, make_dataset
+
+
+def predict_proba(model, images, tta=False):
+    """Class probabilities for a uint8 batch; with `tta`, the mean over the 8 flips and rotations."""
+    views = range(8) if tta else [0]
+    return np.mean([np.asarray(model(dihedral(images, k), training=False)) for k in views], axis=0)
+
+
+def predict_file(model, g, indices, batch_size=128, tta=False):
+    """Probabilities (n, K) and true labels (n,) for the images `indices` of a Galaxy10 file, streamed."""
+    probs, labels = [], []
+    for images, y in make_dataset(g, indices, batch_size):
+        probs.append(predict_proba(model, images, tta=tta))
+        labels.append(np.asarray(y))
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def metrics(labels, probs, class_names):
+    """The numbers we report, as a JSON-ready dict."""
+    pred = np.argmax(probs, axis=1)
+    k = range(len(class_names))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=k, zero_division=0)
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "macro_f1": float(f1_score(labels, pred, labels=k, average="macro", zero_division=0)),
+        "class_names": list(class_names),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        # Rows are the true class, columns the predicted one.
+        "confusion_matrix": confusion_matrix(labels, pred, labels=k).tolist(),
+    }
+
+
+def evaluate(model, g, indices, class_names, tta=False, batch_size=128):
+    """Metrics of `model` on the images `indices` of the Galaxy10 file `g`."""
+    probs, labels = predict_file(model, g, indices, batch_size=batch_size, tta=tta)
+    return {**metrics(labels, probs, class_names), "tta": bool(tta)}

@@ -1,0 +1,69 @@
+"""Figures. Each function returns a matplotlib Figure; the caller shows it or saves it."""
+
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
+
+
+def history_figure(history, title=""):
+    """Accuracy and loss, training and validation, across both stages; a line marks where fine-tuning began."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in zip(fig.subplots(1, 2), ["accuracy", "loss"]):
+        ax.plot(epochs, history[metric], "o-", ms=3, label="training")
+        ax.plot(epochs, history[f"val_{metric}"], "o-", ms=3, label="validation")
+        if history["epochs_stage2"] and history["epochs_stage1"]:
+            ax.axvline(history["fine_tune_start_epoch"] + 0.5, color="grey", ls="--", label="fine-tuning starts")
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{title} {metric}".strip())
+        ax.legend()
+    return fig
+
+
+def confusion_figure(confusion, class_names, title=""):
+    """The confusion matrix as counts and row-normalised (recall on the diagonal); rows are the true class."""
+    confusion = np.asarray(confusion)
+    rows = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+    size = 3 + 0.9 * len(class_names)
+    fig = Figure(figsize=(2 * size + 1, size), layout="constrained")
+    for ax, values, fmt, label in zip(fig.subplots(1, 2), [confusion, normalised], ["d", ".2f"],
+                                      ["counts", "fraction of the true class"]):
+        sns.heatmap(values, annot=True, fmt=fmt, cmap="Blues", square=True, cbar=False, ax=ax,
+                    xticklabels=class_names, yticklabels=class_names)
+        ax.set(xlabel="predicted class", ylabel="true class", title=f"{title} ({label})".strip())
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.tick_params(axis="y", labelrotation=0)
+    return fig
+
+
+def galaxy_grid(images, labels, class_names, predictions=None, ncols=6, title=""):
+    """Galaxies with their true class and, if given, the predicted one; mistakes in red."""
+    nrows = int(np.ceil(len(images) / ncols))
+    fig = Figure(figsize=(2 * ncols, 2.2 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i >= len(images):
+            continue
+        ax.imshow(images[i])
+        text, colour = class_names[labels[i]], "black"
+        if predictions is not None:
+            wrong = predictions[i] != labels[i]
+            text = f"true: {class_names[labels[i]]}\npred: {class_names[predictions[i]]}"
+            colour = "red" if wrong else "green"
+        ax.set_title(text, fontsize=8, color=colour)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def class_counts_figure(class_names, counts, title="Images per class"):
+    """A horizontal bar per class: how imbalanced the data set is."""
+    fig = Figure(figsize=(7, 0.5 * len(class_names) + 1), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(class_names, counts)
+    ax.invert_yaxis()
+    for y, c in enumerate(counts):
+        ax.text(c, y, f" {c}", va="center")
+    ax.set(xlabel="images", title=title)
+    return fig
