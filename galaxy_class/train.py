@@ -31,10 +31,12 @@ def run_state(run_dir):
     return "unfinished" if (run_dir / "config.json").exists() else "new"
 
 
-def choose_strategy():
-    """MirroredStrategy over all GPUs when there are several, TensorFlow's default strategy otherwise."""
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+def choose_strategy(devices=None):
+    """MirroredStrategy over `devices` (default: the visible GPUs) when there are several, else the default."""
+    devices = tf.config.list_logical_devices("GPU") if devices is None else devices
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
 
 
 def class_weights(labels, num_classes, mode):
@@ -125,7 +127,7 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
             model.load_weights(best)
         _atomic(model.save_weights, done)
 
-    history = read_history(run_dir)
+    history = {**read_history(run_dir), "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch}
     (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     _atomic(model.save, run_dir / "model.keras")
     metrics = evaluate.evaluate(model, g, split["test"], config.class_names, tta=config.tta)

@@ -53,3 +53,22 @@ def sample_file():
     assert SAMPLE.exists(), f"the bundled sample {SAMPLE} is missing from the repo"
     return SAMPLE
 
+
+
+@pytest.fixture(scope="session")
+def tiny_config(sample_file):
+    """A training run small enough for a test: 32 px, two batches an epoch, one epoch per stage."""
+    from galaxy_class.config import Config
+
+    return Config(model="mobilenet", data=str(sample_file), weights="none", image_size=32, batch_size=32,
+                  epochs=1, fine_tune_epochs=1, steps_per_epoch=2, tta=False, patience=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_config):
+    """A finished run folder of `tiny_config`."""
+    from galaxy_class.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config, run, verbose=0)
+    return run
