@@ -1,0 +1,408 @@
+"""Galaxy10 data: where files come from, checking them, the split, and a streaming tf.data pipeline.
+
+TensorFlow is imported inside the functions that need it, so `inspect` and `download` start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import itertools
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+from galaxy_class.errors import GalaxyClassError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_PATH = REPO_ROOT / "data" / "gz1_sdss_sample.h5"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A downloadable Galaxy10 data set; file name, URL and checksum are astroNN 1.1.0's."""
+
+    name: str
+    file_name: str
+    url: str
+    sha256: str
+    n_images: int
+    image_size: int
+    class_names: tuple[str, ...]
+
+
+DATASETS = {
+    "galaxy10_decals": DatasetSpec(
+        name="galaxy10_decals",
+        file_name="Galaxy10_DECals.h5",
+        url="https://www.astro.utoronto.ca/~hleung/shared/Galaxy10/Galaxy10_DECals.h5",
+        sha256="19aefc477c41bb7f77ff07599a6b82a038dc042f889a111b0d4d98bb755c1571",
+        n_images=17736,
+        image_size=256,
+        # From the Galaxy10 DECaLS README; astroNN 1.1.0's lookup wrongly names class 3 "Smooth, Cigar shaped".
+        class_names=(
+            "Disturbed",
+            "Merging",
+            "Round Smooth",
+            "In-between Round Smooth",
+            "Cigar Shaped Smooth",
+            "Barred Spiral",
+            "Unbarred Tight Spiral",
+            "Unbarred Loose Spiral",
+            "Edge-on without Bulge",
+            "Edge-on with Bulge",
+        ),
+    ),
+    "galaxy10_sdss": DatasetSpec(
+        name="galaxy10_sdss",
+        file_name="Galaxy10.h5",
+        url="https://www.astro.utoronto.ca/~bovy/Galaxy10/Galaxy10.h5",
+        sha256="969a6b1cefcc36e09fffa86febd2f699a4aa19b837ba0427f01b0bc6ded458af",
+        n_images=21785,
+        image_size=69,
+        class_names=(
+            "Disk, Face-on, No Spiral",
+            "Smooth, Completely round",
+            "Smooth, in-between round",
+            "Smooth, Cigar shaped",
+            "Disk, Edge-on, Rounded Bulge",
+            "Disk, Edge-on, Boxy Bulge",
+            "Disk, Edge-on, No Bulge",
+            "Disk, Face-on, Tight Spiral",
+            "Disk, Face-on, Medium Spiral",
+            "Disk, Face-on, Loose Spiral",
+        ),
+    ),
+}
+SOURCE_NAMES = ("sample", *DATASETS)
+
+
+# eq=False: comparing the labels arrays field by field would raise, so files compare by identity.
+@dataclass(frozen=True, eq=False)
+class Galaxy10File:
+    """A checked file in the Galaxy10 schema: `images` uint8 (N, H, W, 3) and `ans` labels (N,)."""
+
+    path: Path
+    source: str
+    n: int
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    labels: np.ndarray
+
+    def class_counts(self) -> np.ndarray:
+        """Number of images in each class, (K,)."""
+        return np.bincount(self.labels, minlength=len(self.class_names))
+
+
+def default_cache_dir() -> Path:
+    """$GALAXY_CLASS_CACHE, else astroNN's dataset folder, so astroNN users don't download twice."""
+    # Same as astroNN.config.astroNN_CACHE_DIR / "datasets", without importing astroNN (and TensorFlow).
+    return Path(os.environ.get("GALAXY_CLASS_CACHE") or Path.home() / ".astroNN" / "datasets")
+
+
+def resolve_source(source: str, cache_dir: Path | None = None) -> Path:
+    """Path of a source: "sample", a DATASETS name (downloaded if needed), or a file path."""
+    if source == "sample":
+        return SAMPLE_PATH
+    if source in DATASETS:
+        return download(source, cache_dir)
+    path = Path(source).expanduser()
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:
+        raise GalaxyClassError(f"{source}: not a data set name ({', '.join(SOURCE_NAMES)}) nor an existing file")
+    return path
+
+
+def open_galaxy10(source: str | Path, cache_dir: Path | None = None) -> Galaxy10File:
+    """Resolve `source` and check the file (read-only); raise GalaxyClassError naming what is wrong."""
+    path = Path(source) if isinstance(source, Path) else resolve_source(source, cache_dir)
+    if not path.exists():
+        raise GalaxyClassError(f"{path}: no such file")
+    if path.is_dir():
+        raise GalaxyClassError(f"{path}: is a directory, not an HDF5 file")
+    if path.stat().st_size == 0:
+        raise GalaxyClassError(f"{path}: is empty (0 bytes)")
+    if not h5py.is_hdf5(path):
+        raise GalaxyClassError(f"{path}: is not an HDF5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise GalaxyClassError(f"{path}: cannot be opened as HDF5, truncated or corrupt? ({err})") from err
+    with f:
+        for key in ("images", "ans"):
+            if not isinstance(f.get(key), h5py.Dataset):
+                raise GalaxyClassError(f"{path}: has no '{key}' dataset (found: {', '.join(f) or 'nothing'})")
+        images, ans = f["images"], f["ans"]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise GalaxyClassError(f"{path}: 'images' has shape {images.shape}, expected (N, height, width, 3)")
+        if images.dtype != np.uint8:
+            raise GalaxyClassError(f"{path}: 'images' is {images.dtype}, expected uint8 pixels")
+        if ans.ndim != 1 or not np.issubdtype(ans.dtype, np.integer):
+            raise GalaxyClassError(f"{path}: 'ans' is {ans.dtype} of shape {ans.shape}, expected integer labels (N,)")
+        if len(images) != len(ans):
+            raise GalaxyClassError(f"{path}: 'images' has {len(images)} images but 'ans' has {len(ans)} labels")
+        if len(images) == 0:
+            raise GalaxyClassError(f"{path}: has no images")
+        try:
+            labels = ans[()]
+            # A damaged chunk only shows when it is read; the two ends catch most truncations.
+            images[0], images[-1]
+        except OSError as err:
+            raise GalaxyClassError(f"{path}: cannot read its data, truncated or corrupt? ({err})") from err
+        names = f.attrs.get("class_names")
+    if labels.min() < 0:
+        raise GalaxyClassError(f"{path}: 'ans' has negative labels (smallest {labels.min()})")
+    image_shape = tuple(int(s) for s in images.shape[1:])
+    class_names = _class_names(names, image_shape, int(labels.max()) + 1)
+    if labels.max() >= len(class_names):
+        raise GalaxyClassError(
+            f"{path}: 'ans' has label {labels.max()} but class_names names only {len(class_names)} classes"
+        )
+    labels = labels.astype(np.int32)
+    labels.setflags(write=False)
+    return Galaxy10File(path, str(source), len(labels), image_shape, class_names, labels)
+
+
+def _class_names(attribute, image_shape: tuple[int, ...], n_classes: int) -> tuple[str, ...]:
+    """The file's class_names attribute, else the Galaxy10 names for a file shaped like one, else "class i"."""
+    if attribute is not None:
+        return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(attribute))
+    for spec in DATASETS.values():
+        if image_shape == (spec.image_size, spec.image_size, 3) and n_classes == len(spec.class_names):
+            return spec.class_names
+    return tuple(f"class {i}" for i in range(n_classes))
+
+
+def describe(g: Galaxy10File) -> str:
+    """A few lines about a file for `inspect`: path, images, shape, and each class with its count."""
+    counts = g.class_counts()
+    width = max(len(name) for name in g.class_names)
+    lines = [
+        f"path:    {g.path}",
+        f"source:  {g.source}",
+        f"images:  {g.n:,} of {'x'.join(map(str, g.image_shape))} uint8 ({g.path.stat().st_size / 1e6:.1f} MB on disk)",
+        f"classes: {len(g.class_names)}",
+    ]
+    lines += [
+        f"  {i:>2}  {name:<{width}}  {count:>7,}  {count / g.n:6.1%}"
+        for i, (name, count) in enumerate(zip(g.class_names, counts))
+    ]
+    return "\n".join(lines)
+
+
+_verified: set[Path] = set()  # cached files whose checksum this process has already checked
+
+
+def download(name: str, cache_dir: Path | None = None, url: str | None = None) -> Path:
+    """Return data set `name` in the cache folder, downloading it first unless a copy with the right checksum is there."""
+    if name not in DATASETS:
+        raise GalaxyClassError(f"{name}: not a downloadable data set ({', '.join(DATASETS)})")
+    spec = DATASETS[name]
+    path = Path(cache_dir or default_cache_dir()) / spec.file_name
+    if path in _verified or (path.is_file() and _sha256(path) == spec.sha256):
+        _verified.add(path)
+        return path
+    url = url or spec.url
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name and renamed only once complete and checked: an interrupted
+    # download never leaves a file that looks like the data set (or replaces a copy already there).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{spec.file_name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            received, digest = _fetch(url, out, spec.file_name)
+        if received is not None:
+            raise GalaxyClassError(
+                f"{path}: download of {url} was cut off after {received[0]:,} of {received[1]:,} bytes; "
+                f"nothing was saved, try again"
+            )
+        if digest != spec.sha256:
+            raise GalaxyClassError(
+                f"{path}: the file downloaded from {url} has SHA-256 {digest}, expected {spec.sha256}; nothing was saved"
+            )
+        os.replace(tmp, path)
+    except (OSError, http.client.HTTPException) as err:
+        raise GalaxyClassError(
+            f"{path}: could not download {url} ({getattr(err, 'reason', err)}); "
+            f"fetch that URL yourself and put the file at {path}"
+        ) from err
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _verified.add(path)
+    return path
+
+
+def _fetch(url: str, out, label: str) -> tuple[tuple[int, int] | None, str]:
+    """Stream `url` into `out` with a progress bar; return ((got, expected) if cut short else None, sha256)."""
+    digest = hashlib.sha256()
+    got = 0
+    with urllib.request.urlopen(url, timeout=60) as response:
+        expected = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=expected, unit="B", unit_scale=True, desc=label) as bar:
+            # read(n) returns b"" when the server closes early, without an error: the length check catches it.
+            while block := response.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+                got += len(block)
+                bar.update(len(block))
+    short = (got, expected) if expected is not None and got != expected else None
+    return short, digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_indices(labels, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:
+    """Seeded stratified train/val/test split of range(len(labels)): sorted, disjoint int64 index arrays.
+
+    Classes too small to stratify (one member in the part being split) are placed at random.
+    """
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise GalaxyClassError(f"split fractions {fractions}: need three positive fractions summing to 1")
+    labels = np.asarray(labels)
+    train_fraction, val_fraction, test_fraction = fractions
+    train, rest = _stratified_split(np.arange(len(labels)), labels, 1 - train_fraction, seed)
+    val, test = _stratified_split(rest, labels[rest], test_fraction / (val_fraction + test_fraction), seed)
+    return {name: np.sort(part).astype(np.int64) for name, part in zip(SPLITS, (train, val, test))}
+
+
+def _stratified_split(indices: np.ndarray, labels: np.ndarray, test_size: float, seed: int):
+    """train_test_split stratified by label where sklearn allows it."""
+    # sklearn needs every stratum to have 2 members: a class with one member here joins the
+    # largest class, i.e. it lands in either part at random.
+    counts = np.bincount(labels)
+    strata = np.where(counts[labels] >= 2, labels, counts.argmax())
+    try:
+        return train_test_split(indices, test_size=test_size, random_state=seed, stratify=strata)
+    except ValueError:
+        # Tiny data sets (fewer images in a part than classes) cannot be stratified at all.
+        return train_test_split(indices, test_size=test_size, random_state=seed)
+
+
+def save_split(split: dict[str, np.ndarray], path) -> None:
+    """Write a split to an .npz file at exactly `path`."""
+    with open(path, "wb") as f:
+        np.savez(f, **{name: split[name] for name in SPLITS})
+
+
+def load_split(path) -> dict[str, np.ndarray]:
+    """Read a split written by save_split."""
+    try:
+        with np.load(path) as z:
+            return {name: z[name].astype(np.int64) for name in SPLITS}
+    except (OSError, ValueError, KeyError) as err:
+        raise GalaxyClassError(f"{path}: not a split file with train/val/test arrays ({err})") from err
+
+
+def read_images(g: Galaxy10File, indices) -> np.ndarray:
+    """Images at `indices` as uint8 (k, H, W, 3), in the order given (for a few images: plots, evaluation)."""
+    indices = _checked_indices(g, indices)
+    with h5py.File(g.path, "r") as f:
+        return _read(f["images"], indices)
+
+
+def _checked_indices(g: Galaxy10File, indices) -> np.ndarray:
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= g.n):
+        raise GalaxyClassError(
+            f"{g.path}: image index {indices.min() if indices.min() < 0 else indices.max()} is out of range "
+            f"for its {g.n} images (a split made for another file?)"
+        )
+    return indices
+
+
+def _read(images: h5py.Dataset, indices: np.ndarray) -> np.ndarray:
+    """images[indices], read one image at a time in file order."""
+    # h5py's fancy indexing (which also needs sorted indices) measured ~10x slower than this loop.
+    out = np.empty((len(indices), *images.shape[1:]), np.uint8)
+    for position in np.argsort(indices, kind="stable"):
+        out[position] = images[indices[position]]
+    return out
+
+
+def dihedral(images, k: int):
+    """The k-th (0..7) of the 8 rotations/flips of a batch of NHWC images, numpy or tf.
+
+    k % 4 quarter turns counter-clockwise (as np.rot90), then a left-right flip if k >= 4; k=0 is the identity.
+    """
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral transform k={k}: must be 0..7")
+    if isinstance(images, np.ndarray):
+        out = np.rot90(images, k % 4, axes=(1, 2))
+        # A copy: views with negative strides trip up some consumers (e.g. tf.convert_to_tensor).
+        return np.ascontiguousarray(out[:, :, ::-1] if k >= 4 else out)
+    import tensorflow as tf
+
+    out = tf.image.rot90(images, k % 4)
+    return tf.image.flip_left_right(out) if k >= 4 else out
+
+
+def _random_dihedral(images, seed):
+    """Each image of a square batch gets one of the 8 dihedral transforms at random (stateless, from `seed`)."""
+    import tensorflow as tf
+
+    # Transpose, up-down flip and left-right flip, each on or off, give the 8 transforms, equally likely.
+    on = tf.random.stateless_uniform([3, tf.shape(images)[0], 1, 1, 1], seed, maxval=2, dtype=tf.int32) > 0
+    images = tf.where(on[0], tf.transpose(images, [0, 2, 1, 3]), images)
+    images = tf.where(on[1], tf.reverse(images, [1]), images)
+    return tf.where(on[2], tf.reverse(images, [2]), images)
+
+
+def make_dataset(
+    g: Galaxy10File,
+    indices,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment: bool = False,
+    seed: int = 0,
+    drop_remainder: bool = False,
+):
+    """Batches of (uint8 images (b, H, W, 3), int32 labels (b,)) streamed from the HDF5 file.
+
+    Only a few batches are in memory at a time. With shuffle, epoch e is permutation (seed, e);
+    with augment, each image gets a random dihedral transform, also seeded. Pixels stay uint8:
+    scaling and resizing happen inside the model.
+    """
+    import tensorflow as tf
+
+    indices = _checked_indices(g, indices)
+    if augment and g.image_shape[0] != g.image_shape[1]:
+        raise GalaxyClassError(f"{g.path}: images are {g.image_shape[0]}x{g.image_shape[1]}; rotations need square images")
+    epochs = itertools.count()  # tf.data calls the generator afresh for every pass over the data
+
+    def batches():
+        rng = np.random.default_rng([seed, next(epochs)])
+        order = rng.permutation(indices) if shuffle else indices
+        with h5py.File(g.path, "r") as f:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                if drop_remainder and len(batch) < batch_size:
+                    return
+                yield _read(f["images"], batch), g.labels[batch], rng.integers(2**31, size=2)
+
+    size = batch_size if drop_remainder else None
+    dataset = tf.data.Dataset.from_generator(
+        batches,
+        output_signature=(
+            tf.TensorSpec((size, *g.image_shape), tf.uint8),
+            tf.TensorSpec((size,), tf.int32),
+            tf.TensorSpec((2,), tf.int64),
+        ),
+    )
+    dataset = dataset.map(
+        lambda images, labels, aug_seed: (_random_dihedral(images, aug_seed) if augment else images, labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
