@@ -216,10 +216,10 @@ def download(name: str, cache_dir: Path | None = None, url: str | None = None) -
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{spec.file_name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
-            received, digest = _fetch(url, out, spec.file_name)
-        if received is not None:
+            short, digest = _fetch(url, out, spec.file_name)
+        if short is not None:
             raise GalaxyClassError(
-                f"{path}: download of {url} was cut off after {received[0]:,} of {received[1]:,} bytes; "
+                f"{path}: download of {url} was cut off after {short[0]:,} of {short[1]:,} bytes; "
                 f"nothing was saved, try again"
             )
         if digest != spec.sha256:
