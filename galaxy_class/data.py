@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from sklearn.model_selection import train_test_split
+from PIL import Image
 from tqdm import tqdm
 
 from galaxy_class.errors import GalaxyClassError
@@ -187,11 +188,11 @@ def describe(g: Galaxy10File) -> str:
     lines = [
         f"path:    {g.path}",
         f"source:  {g.source}",
-        f"images:  {g.n:,} of {'x'.join(map(str, g.image_shape))} uint8 ({g.path.stat().st_size / 1e6:.1f} MB on disk)",
+        f"images:  {g.n} of {'x'.join(map(str, g.image_shape))} uint8 ({g.path.stat().st_size / 1e6:.1f} MB on disk)",
         f"classes: {len(g.class_names)}",
     ]
     lines += [
-        f"  {i:>2}  {name:<{width}}  {count:>7,}  {count / g.n:6.1%}"
+        f"  {i:>2}  {name:<{width}}  {count:>6}  {count / g.n:6.1%}"
         for i, (name, count) in enumerate(zip(g.class_names, counts))
     ]
     return "\n".join(lines)
@@ -310,6 +311,19 @@ def read_images(g: Galaxy10File, indices) -> np.ndarray:
     indices = _checked_indices(g, indices)
     with h5py.File(g.path, "r") as f:
         return _read(f["images"], indices)
+
+
+def load_image(path, input_shape) -> np.ndarray:
+    """An image file (PNG, JPEG, ...) as uint8 (H, W, 3) for a model with `input_shape`, resized if its size differs."""
+    height, width = input_shape[:2]
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BOX)
+            return np.asarray(image, dtype=np.uint8)
+    except OSError as err:
+        raise GalaxyClassError(f"{path}: cannot read it as an image ({err})") from err
 
 
 def _checked_indices(g: Galaxy10File, indices) -> np.ndarray:

@@ -10,6 +10,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from galaxy_class import data
 from galaxy_class.data import (
@@ -17,6 +18,7 @@ from galaxy_class.data import (
     GalaxyClassError,
     describe,
     dihedral,
+    load_image,
     download,
     load_split,
     make_dataset,
@@ -90,9 +92,9 @@ def test_opening_and_streaming_leave_the_file_unchanged(sample_file):
 def test_describe_lists_path_shape_and_class_counts(sample_file):
     text = describe(open_galaxy10("sample"))
     assert str(sample_file) in text
-    assert "1,536 of 69x69x3 uint8" in text
+    assert "1536 of 69x69x3 uint8" in text
     for name, count in zip(GZ1_NAMES, SAMPLE_COUNTS):
-        assert any(name in line and f"{count:,}" in line for line in text.splitlines())
+        assert any(name in line and str(count) in line for line in text.splitlines())
 
 
 def test_class_names_come_from_the_file_then_galaxy10_then_numbers(tmp_path):
@@ -244,6 +246,19 @@ def test_read_images_keeps_the_order_asked_for(sample_file):
     assert np.array_equal(read_images(g, [9, 2, 9, 0]), expected)
     with pytest.raises(GalaxyClassError, match="index 1536 is out of range for its 1536 images"):
         read_images(g, [0, 1536])
+
+
+def test_load_image_gives_model_sized_uint8_pixels(sample_file, tmp_path):
+    image = read_images(open_galaxy10(sample_file), [0])[0]
+    Image.fromarray(image).save(tmp_path / "galaxy.png")
+    assert np.array_equal(load_image(tmp_path / "galaxy.png", (69, 69, 3)), image)
+    Image.fromarray(np.repeat(np.repeat(image, 3, 0), 3, 1)[..., 0]).save(tmp_path / "big_grey.png")
+    grey = load_image(tmp_path / "big_grey.png", [69, 69, 3])
+    assert grey.shape == (69, 69, 3) and grey.dtype == np.uint8
+    assert np.array_equal(grey[..., 1], image[..., 0])  # a 3x box downscale of 3x-repeated pixels is exact
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(GalaxyClassError, match="notes.png: cannot read it as an image"):
+        load_image(tmp_path / "notes.png", (69, 69, 3))
 
 
 def test_unshuffled_pass_matches_the_file(sample_file):
