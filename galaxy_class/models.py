@@ -1,5 +1,6 @@
 """MobileNet and SqueezeNet classifiers that take uint8 images and do their own preprocessing."""
 
+import os
 from pathlib import Path
 
 import h5py
@@ -17,6 +18,10 @@ SQUEEZENET_WEIGHTS_URL = (
     "/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 )
 SQUEEZENET_WEIGHTS_SHA256 = "2d935d8c102ad1232484a77da8e6fbdf3ff4ab608974a0d8b6283115ffff204f"
+# Keras Applications' MobileNet v1 files; we always take the one trained at 224 px, whatever the input size,
+# so a run's weights do not depend on its image size.
+MOBILENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
+MOBILENET_ALPHAS = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}
 # Caffe-mode ImageNet means, in RGB order: the weights were trained on BGR images with these removed.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 # (squeeze, expand) filters of fire2..fire9 in SqueezeNet v1.1.
@@ -38,13 +43,21 @@ def build_model(arch, num_classes, input_shape, image_size=128, weights="imagene
     if arch == "squeezenet":
         base = squeezenet_base(size, batchnorm=batchnorm)
         if weights is not None:
-            load_squeezenet_weights(base, _squeezenet_weights_file() if weights == "imagenet" else weights)
+            if weights == "imagenet":
+                weights = _download_weights("squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                            SQUEEZENET_WEIGHTS_URL, SQUEEZENET_WEIGHTS_SHA256)
+            load_squeezenet_weights(base, weights)
         scale = layers.Normalization(mean=CAFFE_MEAN_RGB, variance=(1.0, 1.0, 1.0), name="caffe_mean")
     else:
         app = keras.applications.MobileNet if arch == "mobilenet" else keras.applications.MobileNetV2
+        if arch == "mobilenet" and weights == "imagenet":
+            if alpha not in MOBILENET_ALPHAS:
+                raise GalaxyClassError(f"no ImageNet MobileNet weights for alpha={alpha}: use one of {list(MOBILENET_ALPHAS)}")
+            name = f"mobilenet_{MOBILENET_ALPHAS[alpha]}_224_tf_no_top.h5"
+            weights = _download_weights(name, MOBILENET_WEIGHTS_URL + name)
         try:
             base = app(input_shape=size, alpha=alpha, include_top=False, weights=weights)
-        except (ValueError, OSError) as e:  # Keras names the file or URL it could not use
+        except Exception as e:  # Keras raises plain Exception for downloads, ValueError for bad files
             raise GalaxyClassError(f"cannot load {arch} weights {weights!r}: {_first_line(e)}") from None
         scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")
     base.name = "base"
@@ -102,15 +115,15 @@ def load_squeezenet_weights(base, path):
         raise GalaxyClassError(f"{path}: not a SqueezeNet v1.1 weight file ({_first_line(e)})") from None
 
 
-def _squeezenet_weights_file():
+def _download_weights(file_name, url, sha256=None):
+    """A pretrained weight file from Keras' cache (KERAS_HOME/models), downloaded there on first use."""
     try:
-        return keras.utils.get_file(
-            "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5", SQUEEZENET_WEIGHTS_URL,
-            file_hash=SQUEEZENET_WEIGHTS_SHA256, cache_subdir="models")
+        return keras.utils.get_file(file_name, url, file_hash=sha256, cache_subdir="models")
     except Exception as e:  # Keras raises plain Exception for URL errors
         raise GalaxyClassError(
-            f"cannot download SqueezeNet weights from {SQUEEZENET_WEIGHTS_URL} ({_first_line(e)}): "
-            f"put the file in {Path(keras.config.keras_home()) / 'models'} or pass weights=PATH or none"
+            f"cannot download ImageNet weights from {url} ({_first_line(e)}): put the file at "
+            f"{Path(os.environ.get('KERAS_HOME', Path.home() / '.keras')) / 'models' / file_name} "
+            "or pass weights as a path or none"
         ) from None
 
 

@@ -63,3 +63,9 @@ def test_bad_model_and_weights_names_give_project_errors(tmp_path):
     junk.write_bytes(b"not weights")
     with pytest.raises(GalaxyClassError, match="junk.h5"):
         build_model("squeezenet", 4, (69, 69, 3), weights=str(junk))
+
+
+def test_failed_weight_download_says_where_to_put_the_file(monkeypatch):
+    monkeypatch.setattr("galaxy_class.models.MOBILENET_WEIGHTS_URL", "http://127.0.0.1:9/")  # nothing listens
+    with pytest.raises(GalaxyClassError, match=r"cannot download .*127\.0\.0\.1.*mobilenet_7_5_224_tf_no_top\.h5"):
+        build_model("mobilenet", 4, (69, 69, 3), alpha=0.75, weights="imagenet")
