@@ -277,6 +277,8 @@ def test_drop_remainder_gives_full_batches_of_static_size(sample_file):
     dataset = make_dataset(open_galaxy10(sample_file), np.arange(100), 32, drop_remainder=True)
     assert dataset.element_spec[0].shape.as_list() == [32, 69, 69, 3]
     assert [len(y) for _, y in dataset] == [32, 32, 32]
+    assert dataset.cardinality() == 3
+    assert make_dataset(open_galaxy10(sample_file), np.arange(100), 32).cardinality() == 4
 
 
 def test_shuffled_epochs_cover_each_index_once_differ_and_reproduce(sample_file):
