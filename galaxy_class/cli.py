@@ -20,6 +20,7 @@ def cmd_inspect(args):
 
 def cmd_train(args):
     from galaxy_class.config import Config
+    from galaxy_class.evaluate import report
     from galaxy_class.train import train
 
     settings = {"model": args.model, "data": args.data, "seed": args.seed, "epochs": args.epochs,
@@ -29,12 +30,12 @@ def cmd_train(args):
     config = Config().replace(**{k: v for k, v in settings.items() if v is not None})
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=2 if args.verbose else 0)
     print(f"Finished: {args.out}")
-    print(format_metrics(metrics))
+    print(report(metrics))
 
 
 def cmd_evaluate(args):
     from galaxy_class.data import open_galaxy10
-    from galaxy_class.evaluate import evaluate
+    from galaxy_class.evaluate import evaluate, report
     from galaxy_class.train import load_run
 
     model, config, split = load_run(args.run_dir)
@@ -47,7 +48,7 @@ def cmd_evaluate(args):
     tta = config.tta if args.tta is None else args.tta
     metrics = evaluate(model, g, list(indices), config.class_names, tta=tta)
     metrics.update(split="test" if own_data else "all", data=str(g.path))
-    print(format_metrics(metrics))
+    print(report(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
     if args.figures:
@@ -76,16 +77,6 @@ def cmd_predict(args):
         return
     for r in results:
         print(f"{r['image']}: {r['class']} ({r['probability']:.1%})")
-
-
-def format_metrics(m):
-    """A short text report: accuracy, macro-F1 and per-class scores."""
-    lines = [f"{m['n']} images{' (with 8-view TTA)' if m.get('tta') else ''}: "
-             f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}",
-             f"{'class':<32} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
-    for name, s in m["per_class"].items():
-        lines.append(f"{name:<32} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>6}")
-    return "\n".join(lines)
 
 
 def build_parser():

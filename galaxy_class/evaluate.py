@@ -45,3 +45,13 @@ def evaluate(model, g, indices, class_names, tta=False, batch_size=128):
     """Metrics of `model` on the images `indices` of the Galaxy10 file `g`."""
     probs, labels = predict_file(model, g, indices, batch_size=batch_size, tta=tta)
     return {**metrics(labels, probs, class_names), "tta": bool(tta)}
+
+
+def report(m):
+    """A short text report of `metrics`: accuracy, macro-F1 and per-class scores."""
+    lines = [f"{m['n']} images{' (with 8-view TTA)' if m.get('tta') else ''}: "
+             f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}",
+             f"{'class':<32} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
+    for name, s in m["per_class"].items():
+        lines.append(f"{name:<32} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>6}")
+    return "\n".join(lines)

@@ -67,7 +67,7 @@ def prepare_run(config, run_dir, overwrite=False):
         state = "new"
     if state == "unfinished":
         config = Config.load(run_dir / "config.json")
-        print(f"Resuming the unfinished run in {run_dir} with its saved settings.")
+        print(f"Continuing the unfinished run in {run_dir} with its saved settings.")
         g = open_galaxy10(config.data_path or config.data)
         return config, g, load_split(run_dir / "split.npz")
 
@@ -82,8 +82,11 @@ def prepare_run(config, run_dir, overwrite=False):
     return config, g, split
 
 
-def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose=2):
-    """Train and fine-tune one model into `run_dir`; returns the test metrics (also in metrics.json)."""
+def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose=2, stop_after=None):
+    """Train and fine-tune one model into `run_dir`; returns the test metrics (also in metrics.json).
+
+    `stop_after="stage1"` returns None once stage 1 is done; calling again continues the same run.
+    """
     run_dir = Path(run_dir)
     config, g, split = prepare_run(config, run_dir, overwrite)
     keras.utils.set_random_seed(config.seed)
@@ -126,6 +129,8 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
         if best.exists():
             model.load_weights(best)
         _atomic(model.save_weights, done)
+        if stage == stop_after:
+            return None
 
     history = {**read_history(run_dir), "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch}
     (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")

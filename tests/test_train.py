@@ -124,3 +124,13 @@ def test_training_runs_under_mirrored_strategy_on_two_logical_cpus(tmp_path, tin
     assert out.stdout.strip().splitlines()[-1] == "MirroredStrategy 2"
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["replicas"] == 2 and history["global_batch_size"] == 2 * tiny_config.batch_size
+
+
+def test_stop_after_stage1_then_continue_finishes_the_same_run(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    assert train(tiny_config, run, verbose=0, stop_after="stage1") is None
+    assert run_state(run) == "unfinished" and (run / "stage1.weights.h5").is_file()
+    counter = KillAfter(0)
+    metrics = train(tiny_config, run, verbose=0, callbacks=[counter])
+    assert counter.epochs == tiny_config.fine_tune_epochs and run_state(run) == "finished"
+    assert metrics == json.loads((run / "metrics.json").read_text())
