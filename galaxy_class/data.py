@@ -128,6 +128,8 @@ def open_galaxy10(source: str | Path, cache_dir: Path | None = None) -> Galaxy10
         raise GalaxyClassError(f"{path}: no such file")
     if path.is_dir():
         raise GalaxyClassError(f"{path}: is a directory, not an HDF5 file")
+    if not os.access(path, os.R_OK):
+        raise GalaxyClassError(f"{path}: is not readable (permission denied)")
     if path.stat().st_size == 0:
         raise GalaxyClassError(f"{path}: is empty (0 bytes)")
     if not h5py.is_hdf5(path):
@@ -154,7 +156,7 @@ def open_galaxy10(source: str | Path, cache_dir: Path | None = None) -> Galaxy10
         try:
             labels = ans[()]
             # A damaged chunk only shows when it is read; the two ends catch most truncations.
-            images[0], images[-1]
+            _ = images[0], images[-1]
         except OSError as err:
             raise GalaxyClassError(f"{path}: cannot read its data, truncated or corrupt? ({err})") from err
         names = f.attrs.get("class_names")
@@ -202,7 +204,7 @@ _verified: set[Path] = set()  # cached files whose checksum this process has alr
 
 
 def download(name: str, cache_dir: Path | None = None, url: str | None = None) -> Path:
-    """Return data set `name` in the cache folder, downloading it first unless a copy with the right checksum is there."""
+    """Path of data set `name` in the cache folder; downloaded first unless a copy with the right checksum is there."""
     if name not in DATASETS:
         raise GalaxyClassError(f"{name}: not a downloadable data set ({', '.join(DATASETS)})")
     spec = DATASETS[name]
@@ -211,10 +213,15 @@ def download(name: str, cache_dir: Path | None = None, url: str | None = None) -
         _verified.add(path)
         return path
     url = url or spec.url
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Written under a temporary name and renamed only once complete and checked: an interrupted
     # download never leaves a file that looks like the data set (or replaces a copy already there).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{spec.file_name}.", suffix=".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{spec.file_name}.", suffix=".part")
+    except OSError as err:
+        raise GalaxyClassError(
+            f"{path.parent}: cannot write the download there ({err}); choose another folder with GALAXY_CLASS_CACHE"
+        ) from err
     try:
         with os.fdopen(fd, "wb") as out:
             short, digest = _fetch(url, out, spec.file_name)
@@ -225,7 +232,8 @@ def download(name: str, cache_dir: Path | None = None, url: str | None = None) -
             )
         if digest != spec.sha256:
             raise GalaxyClassError(
-                f"{path}: the file downloaded from {url} has SHA-256 {digest}, expected {spec.sha256}; nothing was saved"
+                f"{path}: the file downloaded from {url} has SHA-256 {digest}, "
+                f"expected {spec.sha256}; nothing was saved"
             )
         os.replace(tmp, path)
     except (OSError, http.client.HTTPException) as err:
@@ -273,8 +281,11 @@ def split_indices(labels, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str,
         raise GalaxyClassError(f"split fractions {fractions}: need three positive fractions summing to 1")
     labels = np.asarray(labels)
     train_fraction, val_fraction, test_fraction = fractions
-    train, rest = _stratified_split(np.arange(len(labels)), labels, 1 - train_fraction, seed)
-    val, test = _stratified_split(rest, labels[rest], test_fraction / (val_fraction + test_fraction), seed)
+    try:
+        train, rest = _stratified_split(np.arange(len(labels)), labels, 1 - train_fraction, seed)
+        val, test = _stratified_split(rest, labels[rest], test_fraction / (val_fraction + test_fraction), seed)
+    except ValueError as err:  # a part would be empty
+        raise GalaxyClassError(f"cannot split {len(labels)} images into train/val/test {fractions} ({err})") from err
     return {name: np.sort(part).astype(np.int64) for name, part in zip(SPLITS, (train, val, test))}
 
 
@@ -384,19 +395,22 @@ def make_dataset(
     augment: bool = False,
     seed: int = 0,
     drop_remainder: bool = False,
+    first_epoch: int = 0,
 ):
     """Batches of (uint8 images (b, H, W, 3), int32 labels (b,)) streamed from the HDF5 file.
 
-    Only a few batches are in memory at a time. With shuffle, epoch e is permutation (seed, e);
-    with augment, each image gets a random dihedral transform, also seeded. Pixels stay uint8:
-    scaling and resizing happen inside the model.
+    Only a few batches are in memory at a time. With shuffle, pass e over the data is permutation
+    (seed, first_epoch + e); with augment, each image gets a random dihedral transform, also seeded
+    by it. A resumed run passes its epochs done as first_epoch. Pixels stay uint8: scaling and
+    resizing happen inside the model.
     """
     import tensorflow as tf
 
     indices = _checked_indices(g, indices)
     if augment and g.image_shape[0] != g.image_shape[1]:
-        raise GalaxyClassError(f"{g.path}: images are {g.image_shape[0]}x{g.image_shape[1]}; rotations need square images")
-    epochs = itertools.count()  # tf.data calls the generator afresh for every pass over the data
+        height, width = g.image_shape[:2]
+        raise GalaxyClassError(f"{g.path}: images are {height}x{width}; rotations need square images")
+    epochs = itertools.count(first_epoch)  # tf.data calls the generator afresh for every pass over the data
 
     def batches():
         rng = np.random.default_rng([seed, next(epochs)])
