@@ -1,0 +1,128 @@
+import keras
+import numpy as np
+import pytest
+from keras import layers
+from matplotlib.figure import Figure
+
+from galaxy_class.data import open_galaxy10, read_images
+from galaxy_class.errors import GalaxyClassError
+from galaxy_class.evaluate import predict_proba
+from galaxy_class.gradcam import gradcam, gradcam_figure, overlay
+from galaxy_class.models import build_model
+from galaxy_class.train import load_run
+
+SIZE = 16
+
+
+def colour_model():
+    """A model shaped like ours (resize, scaling, nested "base", pool, dropout, softmax) whose class 0
+    is "more red than green" and class 1 the opposite; its base halves the resolution, so the heatmap
+    must be upsampled back onto the right pixels."""
+    base_in = keras.Input((SIZE, SIZE, 3))
+    x = layers.Conv2D(2, 1, use_bias=False, activation="relu", name="red_green")(base_in)
+    base = keras.Model(base_in, layers.AveragePooling2D(2)(x), name="base")
+    inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8")
+    x = layers.Resizing(SIZE, SIZE, name="resize")(inputs)
+    x = layers.Rescaling(1 / 255, name="scale")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(base(x))
+    x = layers.Dropout(0.5, name="dropout")(x)
+    model = keras.Model(inputs, layers.Dense(2, activation="softmax", name="probabilities")(x))
+    base.get_layer("red_green").set_weights([np.array([[[[1, 0], [0, 1], [0, 0]]]], "float32")])
+    model.get_layer("probabilities").set_weights([np.array([[1, -1], [-1, 1]], "float32"), np.zeros(2, "float32")])
+    return model
+
+
+def squares(red_at, green_at):
+    """A black image with a red and a green square filling the quadrants given as (row, column) halves."""
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    h = SIZE // 2
+    for channel, (row, col) in [(0, red_at), (1, green_at)]:
+        image[row * h:(row + 1) * h, col * h:(col + 1) * h, channel] = 255
+    return image
+
+
+def quadrant_means(heatmap):
+    """Mean heat of each quadrant's inner part (away from the blur of upsampling), as a 2x2 array."""
+    h, m = SIZE // 2, 2
+    return np.array([[heatmap[r * h + m:(r + 1) * h - m, c * h + m:(c + 1) * h - m].mean() for c in (0, 1)]
+                     for r in (0, 1)])
+
+
+def test_heatmap_lights_up_the_evidence_for_the_class_asked_for():
+    model = colour_model()
+    image = squares(red_at=(0, 0), green_at=(1, 1))
+    red, green = gradcam(model, np.stack([image, image]), class_index=[0, 1])
+    assert quadrant_means(red)[0, 0] > 0.9 and quadrant_means(red)[1, 1] < 0.05
+    assert quadrant_means(green)[1, 1] > 0.9 and quadrant_means(green)[0, 0] < 0.05
+    # Empty quadrants carry no evidence for either class.
+    assert quadrant_means(red)[0, 1] < 0.05 and quadrant_means(red)[1, 0] < 0.05
+
+
+def test_heatmap_moves_with_the_image_content():
+    model = colour_model()
+    moved = squares(red_at=(1, 0), green_at=(0, 1))
+    (heat,) = gradcam(model, moved[None], class_index=0)
+    assert quadrant_means(heat).argmax() == 2  # bottom-left, where the red square now is
+    assert quadrant_means(heat)[1, 0] > 0.9
+
+
+def test_default_class_is_the_predicted_one():
+    model = colour_model()
+    redder = squares(red_at=(0, 0), green_at=(1, 1))
+    greener = redder.copy()
+    greener[:SIZE // 2, :SIZE // 2, 0] = 0
+    images = np.stack([redder, greener])
+    predicted = predict_proba(model, images).argmax(axis=1)
+    assert list(predicted) == [0, 1]
+    np.testing.assert_array_equal(gradcam(model, images), gradcam(model, images, class_index=predicted))
+
+
+def test_trained_model_heatmaps_have_the_input_size_and_unit_range(tiny_run, sample_file):
+    model, config, _ = load_run(tiny_run)
+    g = open_galaxy10(sample_file)
+    images = read_images(g, range(6))
+    heat = gradcam(model, images)
+    assert heat.shape == (6, *config.input_shape[:2]) and heat.dtype == np.float32
+    assert np.isfinite(heat).all() and heat.min() >= 0
+    # Each heatmap is scaled to peak at 1, or all 0 where nothing speaks for the class.
+    assert set(np.round(heat.max(axis=(1, 2)), 6)) <= {0.0, 1.0}
+    predicted = predict_proba(model, images).argmax(axis=1)
+    np.testing.assert_allclose(heat, gradcam(model, images, class_index=predicted), atol=1e-6)
+
+
+def test_squeezenet_heatmaps_have_the_input_size():
+    model = build_model("squeezenet", 3, (40, 40, 3), image_size=64, weights="none")
+    images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    heat = gradcam(model, images, class_index=2)
+    assert heat.shape == (2, 40, 40) and 0 <= heat.min() and heat.max() <= 1
+    assert not np.allclose(heat[0], heat[1], atol=0.05)
+
+
+def test_a_class_the_model_does_not_have_is_refused():
+    with pytest.raises(GalaxyClassError, match="classes 0..1"):
+        gradcam(colour_model(), squares((0, 0), (1, 1))[None], class_index=2)
+
+
+def test_overlay_keeps_cold_pixels_and_colours_hot_ones():
+    image = np.full((4, 4, 3), 100, np.uint8)
+    heat = np.zeros((4, 4))
+    heat[0, 0] = 1
+    out = overlay(image, heat, alpha=0.5)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    np.testing.assert_array_equal(out[1:, 1:], image[1:, 1:])
+    assert out[0, 0, 0] > 100 and out[0, 0, 2] < 100  # jet's hot end is red
+
+
+def test_gradcam_figure_has_a_row_per_class_with_predictions(tiny_run, sample_file):
+    model, config, _ = load_run(tiny_run)
+    g = open_galaxy10(sample_file)
+    images, labels = read_images(g, range(120)), g.labels[:120]
+    fig = gradcam_figure(model, images, labels, config.class_names, per_class=3)
+    assert isinstance(fig, Figure)
+    axes = fig.axes
+    assert len(axes) == 3 * len(config.class_names)
+    assert [axes[3 * k].get_ylabel() for k in range(len(config.class_names))] == list(config.class_names)
+    shown = [ax for ax in axes if ax.images]
+    expected = sum(min(3, int((labels == k).sum())) for k in range(len(config.class_names)))
+    assert len(shown) == expected
+    assert all(ax.get_title().split()[0] in " ".join(config.class_names) for ax in shown)
