@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxy_class import data
+from galaxy_class import GalaxyClassError, data
 from galaxy_class.data import (
     DATASETS,
-    GalaxyClassError,
     describe,
     dihedral,
-    load_image,
     download,
+    load_image,
     load_split,
     make_dataset,
     open_galaxy10,
@@ -79,6 +78,15 @@ def test_dev_file_class_counts(dev_file):
     g = open_galaxy10(str(dev_file))
     assert g.class_counts().tolist() == [3239, 593, 696, 80]
     assert g.class_names == GZ1_NAMES
+
+
+def test_sample_images_and_labels_are_the_dev_files(dev_file, sample_file):
+    with h5py.File(dev_file, "r") as dev, h5py.File(sample_file, "r") as sample:
+        row = {objid: i for i, objid in enumerate(dev["objid"][:])}
+        rows = np.array([row[objid] for objid in sample["objid"][:]])
+        assert np.all(np.diff(rows) > 0)  # a subset in the dev file's order
+        assert np.array_equal(sample["ans"][:], dev["ans"][:][rows])
+        assert np.array_equal(sample["images"][:], dev["images"][:][rows])
 
 
 def test_opening_and_streaming_leave_the_file_unchanged(sample_file):
