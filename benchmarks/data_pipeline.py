@@ -25,7 +25,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 DEV_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz1_sdss_dev.h5"
-# How the old notebooks turned the array into model input; float64 is what `images / 255` gives.
+# The old notebooks' float conversion (float64, what `images / 255` gives) and a thriftier float32 one.
 CONVERSIONS = {
     "float64": "x = images / 255.0",
     "float32": "x = images.astype(np.float32); x /= 255",
