@@ -324,6 +324,14 @@ def read_images(g: Galaxy10File, indices) -> np.ndarray:
         return _read(f["images"], indices)
 
 
+def examples_per_class(labels, per_class: int, seed: int = 0) -> np.ndarray:
+    """Positions of up to `per_class` randomly chosen (seeded) items of each class, class by class."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in np.unique(labels)]
+    return np.concatenate(picks).astype(np.int64)
+
+
 def load_image(path, input_shape) -> np.ndarray:
     """An image file (PNG, JPEG, ...) as uint8 (H, W, 3) for a model with `input_shape`, resized if its size differs."""
     height, width = input_shape[:2]

@@ -97,7 +97,9 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     def one_hot(images, labels):
         return images, tf.one_hot(labels, num_classes)
 
-    train_ds = make_dataset(g, split["train"], batch, shuffle=True, augment=config.augment, seed=config.seed)
+    epochs_done = sum(len(_read_csv(run_dir / f"history_{s}.csv")) for s in STAGES)
+    train_ds = make_dataset(g, split["train"], batch, shuffle=True, augment=config.augment, seed=config.seed,
+                            first_epoch=epochs_done)
     val_ds = make_dataset(g, split["val"], batch)
     if config.steps_per_epoch:
         train_ds, val_ds = train_ds.take(config.steps_per_epoch), val_ds.take(config.steps_per_epoch)

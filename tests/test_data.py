@@ -461,3 +461,14 @@ def test_downloaded_galaxy10_file_opens_with_its_class_names(tmp_path, monkeypat
     g = open_galaxy10("galaxy10_sdss", cache_dir=tmp_path)
     assert (g.path, g.source, g.class_names) == (path, "galaxy10_sdss", spec.class_names)
 
+
+
+def test_examples_per_class_picks_each_class_seeded():
+    from galaxy_class.data import examples_per_class
+
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
+    picks = examples_per_class(labels, per_class=4, seed=1)
+    assert list(labels[picks]) == [0] * 4 + [1] * 3 + [2] * 4
+    assert len(set(picks)) == len(picks)
+    assert list(picks) == list(examples_per_class(labels, per_class=4, seed=1))
+    assert list(picks) != list(examples_per_class(labels, per_class=4, seed=2))
