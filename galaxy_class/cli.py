@@ -36,9 +36,8 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from galaxy_class.data import open_galaxy10
     from galaxy_class.evaluate import evaluate, report
-    from galaxy_class.train import load_run
 
-    model, config, split = load_run(args.run_dir)
+    model, config, split = _load(args.run_dir)
     g = open_galaxy10(args.data or config.data_path or config.data)
     if tuple(g.class_names) != tuple(config.class_names):
         raise GalaxyClassError(f"{g.path}: its classes {list(g.class_names)} are not the ones the model "
@@ -63,9 +62,8 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     from galaxy_class.data import load_image
     from galaxy_class.evaluate import predict_proba
-    from galaxy_class.train import load_run
 
-    model, config, _ = load_run(args.run_dir)
+    model, config, _ = _load(args.run_dir)
     results = []
     for path in args.images:
         probs = predict_proba(model, load_image(path, config.input_shape)[None], tta=args.tta)[0]
@@ -77,6 +75,23 @@ def cmd_predict(args):
         return
     for r in results:
         print(f"{r['image']}: {r['class']} ({r['probability']:.1%})")
+
+
+def cmd_export(args):
+    from galaxy_class.export import export_tflite
+
+    export_tflite(args.run_dir, quantize=args.quantize, out=args.out, calibration_images=args.calibration_images)
+
+
+def _load(run_dir):
+    """(model, config, split) of a run folder, or of a .tflite file exported from one."""
+    if Path(run_dir).suffix == ".tflite":
+        from galaxy_class.export import load_tflite
+
+        return load_tflite(run_dir)
+    from galaxy_class.train import load_run
+
+    return load_run(run_dir)
 
 
 def build_parser():
@@ -104,7 +119,7 @@ def build_parser():
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on its test split or on another file")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run folder, or a .tflite file exported from one")
     p.add_argument("--data", help="default: the run's own data (its saved test split); any other file: all of it")
     p.add_argument("--json", type=Path, help="write the metrics to this JSON file")
     p.add_argument("--figures", type=Path, help="write the confusion matrix PNG into this folder")
@@ -113,11 +128,21 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify PNG or JPEG images with a trained run")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run folder, or a .tflite file exported from one")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="convert a trained run to TensorFlow Lite and compare it with the Keras model")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", choices=["tflite"], default="tflite")
+    p.add_argument("--quantize", choices=["none", "float16", "int8"], default="int8",
+                   help="none: float32; float16: half-size weights; int8: full-integer, calibrated on training images")
+    p.add_argument("--out", type=Path, help="default: RUN_DIR/model_{quantize}.tflite (an earlier export of the "
+                                            "same run is replaced, any other file is refused)")
+    p.add_argument("--calibration-images", type=int, default=300, help="int8: training images to calibrate on")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
