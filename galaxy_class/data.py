@@ -333,16 +333,22 @@ def examples_per_class(labels, per_class: int, seed: int = 0) -> np.ndarray:
 
 
 def load_image(path, input_shape) -> np.ndarray:
-    """An image file (PNG, JPEG, ...) as uint8 (H, W, 3) for a model with `input_shape`, resized if its size differs."""
+    """An image file (PNG, JPEG, ...) as uint8 (H, W, 3) for a model with `input_shape`.
+
+    As Galaxy10 was made: a non-square image is centre-cropped to a square, then box-filter resized.
+    """
     height, width = input_shape[:2]
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BOX)
             return np.asarray(image, dtype=np.uint8)
-    except OSError as err:
-        raise GalaxyClassError(f"{path}: cannot read it as an image ({err})") from err
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise GalaxyClassError(f"{path}: cannot read it as an image ({err})") from None
 
 
 def _checked_indices(g: Galaxy10File, indices) -> np.ndarray:

@@ -267,6 +267,10 @@ def test_load_image_gives_model_sized_uint8_pixels(sample_file, tmp_path):
     grey = load_image(tmp_path / "big_grey.png", [69, 69, 3])
     assert grey.shape == (69, 69, 3) and grey.dtype == np.uint8
     assert np.array_equal(grey[..., 1], image[..., 0])  # a 3x box downscale of 3x-repeated pixels is exact
+    wide = np.zeros((69, 69 + 40, 3), np.uint8)
+    wide[:, 20:89] = image  # a wide picture with the galaxy in its middle
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    assert np.array_equal(load_image(tmp_path / "wide.png", (69, 69, 3)), image), "centre-cropped to a square"
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(GalaxyClassError, match="notes.png: cannot read it as an image"):
         load_image(tmp_path / "notes.png", (69, 69, 3))
