@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATASET ?= sample
 NOTEBOOKS := galaxy_class_mobilenet.ipynb galaxy_class_squeezenet.ipynb
+RUN ?= models/mobilenet_sample
+PORT ?= 8000
 
 .PHONY: setup run test demo clean-venv
 
@@ -25,6 +27,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The web page for a trained run folder (trains nothing): make demo RUN=path/to/run
+demo: setup
+	$(BIN)/python -m galaxy_class serve "$(RUN)" --port $(PORT)
 
 clean-venv:
 	rm -rf $(VENV)

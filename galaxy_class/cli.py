@@ -1,4 +1,4 @@
-"""`python -m galaxy_class` (or `galaxy-class`): inspect, train, evaluate, predict."""
+"""`python -m galaxy_class` (or `galaxy-class`): inspect, train, evaluate, predict, serve."""
 
 import argparse
 import json
@@ -77,6 +77,15 @@ def cmd_predict(args):
         print(f"{r['image']}: {r['class']} ({r['probability']:.1%})")
 
 
+def cmd_serve(args):
+    from galaxy_class.serve import serve
+
+    try:
+        serve(args.run_dir, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        print("Stopped.")
+
+
 def cmd_export(args):
     from galaxy_class.export import export_tflite
 
@@ -143,6 +152,12 @@ def build_parser():
                                             "same run is replaced, any other file is refused)")
     p.add_argument("--calibration-images", type=int, default=300, help="int8: training images to calibrate on")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="a local web page: upload a galaxy image, see its class and Grad-CAM")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

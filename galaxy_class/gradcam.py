@@ -48,7 +48,7 @@ def _layers_around_base(model):
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     *head, last = layers[layers.index(base) + 1:]
     if not isinstance(last, keras.layers.Dense):
-        raise GalaxyClassError(f"model {model.name!r}: Grad-CAM needs a Dense output layer, found {type(last).__name__}")
+        raise GalaxyClassError(f"model {model.name!r}: Grad-CAM needs a Dense output, found {type(last).__name__}")
     return layers[: layers.index(base)], base, head, last
 
 

@@ -1,0 +1,292 @@
+"""The web page: its JSON API through Flask's test client, and the whole page in headless Chromium.
+
+`python tests/test_serve.py RUN_DIR OUT.png` takes the README's screenshot with the same browser setup.
+"""
+
+import io
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from galaxy_class.cli import main
+from galaxy_class.data import open_galaxy10, read_images
+from galaxy_class.serve import MAX_UPLOAD_BYTES, bind, create_app
+
+# What Chromium needs on this kind of machine: no sandbox as root, no GPU, no calls home on a closed network.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,900"]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_run):
+    return create_app(tiny_run)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def galaxy_png(tmp_path_factory, sample_file):
+    """A real galaxy from the bundled sample, written as a PNG file."""
+    g = open_galaxy10(sample_file)
+    path = tmp_path_factory.mktemp("upload") / "spiral.png"
+    Image.fromarray(read_images(g, [int(np.flatnonzero(g.labels == 1)[0])])[0]).save(path)
+    return path
+
+
+def cli_predict(capsys, run, image):
+    code = main(["predict", str(run), str(image), "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    return json.loads(out)[0]
+
+
+def post(client, data, name="galaxy.png"):
+    return client.post("/api/classify", data={"image": (io.BytesIO(data), name)}, content_type="multipart/form-data")
+
+
+def test_page_and_info_describe_the_run(client, tiny_run, tiny_config):
+    page = client.get("/")
+    assert page.status_code == 200 and b'id="file"' in page.data
+    info = client.get("/api/info").get_json()
+    assert info["run"] == tiny_run.name and info["model"] == "mobilenet"
+    assert info["max_upload_bytes"] == MAX_UPLOAD_BYTES
+    names = json.loads((tiny_run / "config.json").read_text())["class_names"]
+    assert info["class_names"] == names
+    assert [s["label"] for s in info["samples"]] == [name for name in names for _ in range(2)]
+    assert client.get("/samples/0.png").data.startswith(b"\x89PNG")
+
+
+def test_upload_gets_the_same_probabilities_as_cli_predict(client, capsys, tiny_run, galaxy_png):
+    result = post(client, galaxy_png.read_bytes(), "spiral.png").get_json()
+    expected = cli_predict(capsys, tiny_run, galaxy_png)
+    assert result["name"] == "spiral.png" and result["class"] == expected["class"]
+    shown = {entry["class"]: entry["probability"] for entry in result["probabilities"]}
+    assert shown == pytest.approx(expected["probabilities"], abs=1e-6)
+    assert len(result["overlays"]) == len(shown)
+    assert all(url.startswith("data:image/png;base64,") for url in [result["image"], *result["overlays"]])
+
+
+def test_sample_galaxy_is_classified_with_its_label(client):
+    result = client.get("/api/samples/2").get_json()
+    assert result["label"] == client.get("/api/info").get_json()["samples"][2]["label"]
+    assert sum(entry["probability"] for entry in result["probabilities"]) == pytest.approx(1, abs=1e-5)
+    assert client.get("/api/samples/99").status_code == 404
+
+
+@pytest.mark.parametrize("data, name, words", [
+    (b"just some text\n", "notes.txt", ["notes.txt", "not an image"]),
+    (b"", "empty.png", ["empty.png", "empty"]),
+    (None, "broken.png", ["broken.png", "damaged or truncated"]),
+    (None, "galaxy.gif", ["galaxy.gif", "GIF", "PNG or JPEG"]),
+])
+def test_a_bad_file_gets_a_clear_message_and_the_server_keeps_serving(client, galaxy_png, data, name, words):
+    if name == "broken.png":
+        data = galaxy_png.read_bytes()[:-200]
+    elif name == "galaxy.gif":
+        buffer = io.BytesIO()
+        Image.open(galaxy_png).save(buffer, format="GIF")
+        data = buffer.getvalue()
+    response = post(client, data, name)
+    assert response.status_code == 400
+    for word in words:
+        assert word in response.get_json()["error"]
+    assert post(client, galaxy_png.read_bytes()).status_code == 200
+
+
+def test_a_request_without_a_file_is_refused(client):
+    response = client.post("/api/classify", data={}, content_type="multipart/form-data")
+    assert response.status_code == 400 and "no file" in response.get_json()["error"]
+
+
+def test_an_upload_over_the_size_limit_is_refused(client):
+    response = post(client, b"\0" * (MAX_UPLOAD_BYTES + 1))
+    assert response.status_code == 413 and "larger than 10 MB" in response.get_json()["error"]
+
+
+def test_an_image_claiming_huge_dimensions_is_refused_before_decoding(client):
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 5000)).save(buffer, format="PNG")  # 30 million pixels in a few kB
+    response = post(client, buffer.getvalue(), "bomb.png")
+    assert response.status_code == 400 and "6000x5000" in response.get_json()["error"]
+
+
+def test_uploads_never_touch_a_temporary_file(client, monkeypatch):
+    import werkzeug.formparser
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an upload was spilled to a temporary file")
+
+    monkeypatch.setattr(werkzeug.formparser, "SpooledTemporaryFile", refuse)
+    monkeypatch.setattr(werkzeug.formparser, "TemporaryFile", refuse, raising=False)
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) > 1_000_000  # over werkzeug's 500 kB threshold for spilling to disk
+    assert post(client, buffer.getvalue()).status_code == 200
+
+
+def test_serve_on_a_missing_run_is_one_error_line(capsys, tmp_path):
+    code = main(["serve", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "nope" in err and "Traceback" not in err
+
+
+def test_serve_on_a_busy_port_is_one_error_line(capsys, tiny_run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", str(tiny_run), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"127.0.0.1:{port}" in err and "--port" in err
+
+
+# The page in a real browser.
+
+@contextmanager
+def running(app):
+    """`app` served on 127.0.0.1 at an ephemeral port, in a thread; yields its URL."""
+    server = bind(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def chromium():
+    """Debian's Chromium driven by its own ChromeDriver through Selenium, or the reason there is none."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        return None, "selenium is not installed (pip install -r requirements.txt)"
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        return None, "no chromium/chromedriver on PATH (Debian: apt-get install chromium chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    profile = tempfile.mkdtemp(prefix="galaxy_class_chromium_")
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    # Service with an explicit path: Selenium Manager would otherwise try to download a driver.
+    driver = webdriver.Chrome(service=Service(driver), options=options)
+    driver.profile_dir = profile
+    return driver, None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver, reason = chromium()
+    if driver is None:
+        if os.environ.get("GALAXY_CLASS_REQUIRE_BROWSER"):
+            pytest.fail(f"the browser test must run here: {reason}")
+        pytest.skip(reason)
+    yield driver
+    driver.quit()
+    shutil.rmtree(driver.profile_dir, ignore_errors=True)
+
+
+def wait_for_state(driver, *states, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def state(d):
+        return d.find_element("tag name", "body").get_attribute("data-state")
+
+    WebDriverWait(driver, timeout).until(lambda d: state(d) in states)
+    return state(driver)
+
+
+def choose_file(driver, path):
+    driver.find_element("id", "file").send_keys(str(path))
+
+
+def test_page_in_chromium_identifies_an_upload_like_cli_predict(browser, app, capsys, tiny_run, galaxy_png, tmp_path):
+    expected = cli_predict(capsys, tiny_run, galaxy_png)
+    with running(app) as url:
+        browser.get(url)
+        assert wait_for_state(browser, "ready") == "ready"
+        choose_file(browser, galaxy_png)
+        assert wait_for_state(browser, "done", "error") == "done"
+        assert browser.find_element("id", "top-class").text == expected["class"]
+        assert browser.find_element("id", "message").get_attribute("hidden") is not None
+        bars = browser.find_elements("css selector", "#bars .bar")
+        shown = {bar.get_attribute("data-class"): float(bar.get_attribute("data-probability")) for bar in bars}
+        assert shown == pytest.approx(expected["probabilities"], abs=1e-6)
+        top_bar = browser.find_element("css selector", "#bars .bar.top")
+        assert top_bar.get_attribute("data-class") == expected["class"]
+        # The overlay shown is the Grad-CAM of the top class until another bar is clicked.
+        assert browser.find_element("id", "cam-class").text == expected["class"]
+        other = next(bar for bar in bars if bar.get_attribute("data-class") != expected["class"])
+        other.click()
+        assert browser.find_element("id", "cam-class").text == other.get_attribute("data-class")
+        assert browser.execute_script("return document.getElementById('overlay').naturalWidth") > 0
+        shot = tmp_path / "page.png"
+        assert browser.save_screenshot(str(shot))
+        assert Image.open(shot).size[0] >= 1000
+
+
+def test_page_in_chromium_explains_bad_files_and_keeps_working(browser, app, tmp_path):
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("no galaxy here\n")
+    too_big = tmp_path / "huge.png"
+    too_big.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1))
+    with running(app) as url:
+        browser.get(url)
+        wait_for_state(browser, "ready")
+        bad_files = [(not_an_image, ["notes.txt", "not an image"]), (too_big, ["huge.png", "larger than 10 MB"])]
+        for path, words in bad_files:
+            choose_file(browser, path)
+            assert wait_for_state(browser, "error") == "error"
+            message = browser.find_element("id", "message")
+            assert message.is_displayed() and all(w in message.text for w in words), message.text
+            assert not browser.find_element("id", "result").is_displayed()
+        # The server still answers: a bundled sample galaxy is classified.
+        browser.find_element("css selector", "#samples button[data-sample='2']").click()
+        assert wait_for_state(browser, "done") == "done"
+        assert browser.find_element("id", "top-class").text
+        assert not browser.find_element("id", "message").is_displayed()
+
+
+def screenshot(run_dir, out, sample=2):
+    """The README's picture: the page for `run_dir` after clicking bundled sample galaxy `sample`."""
+    driver, reason = chromium()
+    if driver is None:
+        sys.exit(f"error: {reason}")
+    try:
+        with running(create_app(run_dir)) as url:
+            driver.get(url)
+            wait_for_state(driver, "ready")
+            driver.find_element("css selector", f"#samples button[data-sample='{sample}']").click()
+            wait_for_state(driver, "done")
+            # Just tall enough for the whole page: the window's height includes its own frame.
+            frame, page = driver.execute_script(
+                "return [window.outerHeight - window.innerHeight,"
+                " Math.ceil(document.querySelector('main').getBoundingClientRect().bottom)]")
+            driver.set_window_size(1280, frame + page)
+            driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+        shutil.rmtree(driver.profile_dir, ignore_errors=True)
+    print(f"Wrote {out}")
+
+
+if __name__ == "__main__":
+    screenshot(Path(sys.argv[1]), Path(sys.argv[2]), *map(int, sys.argv[3:4]))
