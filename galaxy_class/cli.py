@@ -82,7 +82,7 @@ def cmd_serve(args):
 
     try:
         serve(args.run_dir, host=args.host, port=args.port)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # while the model loads; once serving, Ctrl+C ends serve() itself
         print("Stopped.")
 
 

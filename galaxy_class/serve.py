@@ -169,10 +169,8 @@ def serve(run_dir, host="127.0.0.1", port=8000):
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: the page has no login; anyone who can reach {host}:{server.port} can use it")
     print(f"Serving {run_dir} at http://{host}:{server.port}/ (Ctrl+C stops)", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    server.serve_forever()  # werkzeug's returns on Ctrl+C, after closing the socket
+    print("Stopped.")
 
 
 def _sample_galaxies():
