@@ -139,6 +139,19 @@ def test_uploads_never_touch_a_temporary_file(client, monkeypatch):
     assert post(client, buffer.getvalue()).status_code == 200
 
 
+def test_a_failure_inside_the_server_is_a_message_and_the_next_request_works(app, client, galaxy_png, monkeypatch):
+    classifier = app.extensions["galaxy_class"]
+
+    def broken(image):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(classifier, "classify", broken)
+    response = post(client, galaxy_png.read_bytes())
+    assert response.status_code == 500 and "keeps serving" in response.get_json()["error"]
+    monkeypatch.undo()
+    assert post(client, galaxy_png.read_bytes()).status_code == 200
+
+
 def test_serve_on_a_missing_run_is_one_error_line(capsys, tmp_path):
     code = main(["serve", str(tmp_path / "nope")])
     err = capsys.readouterr().err
