@@ -76,6 +76,8 @@ def export_tflite(run_dir, quantize="int8", out=None, calibration_images=CALIBRA
         converted = Path(tmp) / "model.tflite"
         model.export(converted, format="litert", input_signature=signature, verbose=False, **options)
         content = converted.read_bytes()
+    if quantize == "int8":
+        content = integer_only_input(content)
     metadata = {
         "quantize": quantize,
         "run_dir": str(run_dir.resolve()),
@@ -241,6 +243,40 @@ def with_metadata(content: bytes, metadata: dict) -> bytes:
     entry = schema.MetadataT()
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def integer_only_input(content: bytes) -> bytes:
+    """An int8 model whose uint8 image goes straight into its first Quantize op, without a float32 Cast.
+
+    Keras casts the uint8 input to float32 before resizing, and the converter keeps that Cast followed by
+    a Quantize to int8; integer-only hardware cannot run it. Quantize also requantizes uint8 to int8,
+    exactly here (scale 1: int8 = pixel - 128), so the Cast goes and the input gets scale 1, zero point 0.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    graph = model.subgraphs[0]
+    image = graph.inputs[0]
+
+    def consumers(tensor):
+        return [op for op in graph.operators if tensor in op.inputs]
+
+    def name(op):
+        return flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+
+    first = consumers(image)
+    if len(first) != 1 or name(first[0]) != "CAST":
+        return content
+    cast = first[0]
+    quantizes = consumers(cast.outputs[0])
+    if len(quantizes) != 1 or name(quantizes[0]) != "QUANTIZE":
+        return content
+    quantizes[0].inputs[0] = image
+    graph.operators.remove(cast)
+    graph.tensors[image].quantization = schema.QuantizationParametersT()
+    graph.tensors[image].quantization.scale, graph.tensors[image].quantization.zeroPoint = [1.0], [0]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
