@@ -1,4 +1,4 @@
-"""`python -m galaxy_class` (or `galaxy-class`): inspect, train, evaluate, predict, serve."""
+"""`python -m galaxy_class` (or `galaxy-class`): inspect, train, evaluate, predict, export, serve."""
 
 import argparse
 import json
