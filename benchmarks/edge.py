@@ -103,14 +103,18 @@ def targets(rows, int8_parity):
     lines = ["| model | int8 size ≤ 0.30x float | ≥ 5x faster than predict | ≤ 1 point accuracy lost | "
              "int8 top-1 agreement with Keras |", "|---|---|---|---|---|"]
     for r in (r for r in rows if r["format"] == "TFLite int8"):
-        def mark(ok, text):
-            return f"{'yes' if ok else 'NO'} ({text})"
-
-        lines.append(f"| {r['model']} | {mark(r['size_ratio'] <= TARGETS['size'], f'{r['size_ratio']:.2f}x')} | "
-                     f"{mark(r['speedup'] >= TARGETS['speedup'], f'{r['speedup']:.1f}x')} | "
-                     f"{mark(r['accuracy_change'] >= TARGETS['accuracy_points'], f'{r['accuracy_change']:+.1f}')} | "
+        size = f"{r['size_ratio']:.2f}x"
+        speed = f"{r['speedup']:.1f}x"
+        accuracy = f"{r['accuracy_change']:+.1f}"
+        lines.append(f"| {r['model']} | {_mark(r['size_ratio'] <= TARGETS['size'], size)} | "
+                     f"{_mark(r['speedup'] >= TARGETS['speedup'], speed)} | "
+                     f"{_mark(r['accuracy_change'] >= TARGETS['accuracy_points'], accuracy)} | "
                      f"{int8_parity[r['model']]['top1_agreement']:.1%} |")
     return "\n".join(lines)
+
+
+def _mark(ok, text):
+    return f"{'yes' if ok else 'NO'} ({text})"
 
 
 def main(argv=None):

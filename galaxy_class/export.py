@@ -74,7 +74,13 @@ def export_tflite(run_dir, quantize="int8", out=None, calibration_images=CALIBRA
     signature = [tf.TensorSpec((None, *config.input_shape), tf.uint8, name="image")]
     with tempfile.TemporaryDirectory() as tmp:
         converted = Path(tmp) / "model.tflite"
-        model.export(converted, format="litert", input_signature=signature, verbose=False, **options)
+        try:
+            model.export(converted, format="litert", input_signature=signature, verbose=False, **options)
+        except ValueError as e:
+            if "Unrecognized format" not in str(e):
+                raise
+            raise GalaxyClassError(f"{out}: export needs Keras 3.13 or newer (format='litert'); "
+                                   f"this is Keras {keras.__version__}") from None
         content = converted.read_bytes()
     if quantize == "int8":
         content = integer_only_input(content)
@@ -138,7 +144,8 @@ def graph_mode(model):
     """`model` called through a tf.function, i.e. with the numerics of `fit`, `predict` and the exported file."""
     import tensorflow as tf
 
-    call = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    spec = tf.TensorSpec(model.input.shape, model.input.dtype)  # one trace for every batch size
+    call = tf.function(lambda images: model(images, training=False), input_signature=[spec])
     return lambda images, training=False: call(images)
 
 
