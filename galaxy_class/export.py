@@ -50,6 +50,8 @@ def export_tflite(run_dir, quantize="int8", out=None, calibration_images=CALIBRA
 
     if quantize not in QUANTIZE:
         raise GalaxyClassError(f"unknown quantization {quantize!r}: choose one of {', '.join(QUANTIZE)}")
+    if quantize == "int8" and calibration_images < 1:
+        raise GalaxyClassError(f"int8 export needs at least one calibration image, not {calibration_images}")
     run_dir = Path(run_dir)
     model, config, split = load_run(run_dir)
     out = Path(out) if out else default_path(run_dir, quantize)
