@@ -63,8 +63,10 @@ def build_model(arch, num_classes, input_shape, image_size=128, weights="imagene
     base.name = "base"
 
     inputs = keras.Input(input_shape, dtype="uint8", name="image")
-    x = layers.Resizing(image_size, image_size, name="resize")(inputs)
-    x = scale(x)
+    # Scaling first turns the uint8 input into float32: eager Resizing of uint8 rounds back to uint8,
+    # graph-mode Resizing does not. Bilinear resizing commutes with the per-channel affine scaling.
+    x = scale(inputs)
+    x = layers.Resizing(image_size, image_size, name="resize")(x)
     # A pretrained base stays in inference mode (BatchNorm statistics frozen) even when fine-tuned;
     # new BatchNorm layers (from scratch, or added to SqueezeNet) must learn their statistics.
     frozen_stats = weights is not None and not (arch == "squeezenet" and batchnorm)

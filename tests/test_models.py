@@ -69,3 +69,12 @@ def test_failed_weight_download_says_where_to_put_the_file(monkeypatch):
     monkeypatch.setattr("galaxy_class.models.MOBILENET_WEIGHTS_URL", "http://127.0.0.1:9/")  # nothing listens
     with pytest.raises(GalaxyClassError, match=r"cannot download .*127\.0\.0\.1.*mobilenet_7_5_224_tf_no_top\.h5"):
         build_model("mobilenet", 4, (69, 69, 3), alpha=0.75, weights="imagenet")
+
+
+@pytest.mark.parametrize("arch", ["mobilenet", "squeezenet"])
+def test_eager_and_compiled_predictions_agree(arch):
+    """Eager calls (evaluation, the web page) and compiled ones (fit, predict, export) see the same pixels."""
+    model = build_model(arch, 4, (69, 69, 3), image_size=96, weights="none")
+    images = np.random.default_rng(0).integers(0, 256, (8, 69, 69, 3), dtype=np.uint8)
+    np.testing.assert_allclose(np.asarray(model(images, training=False)), model.predict(images, verbose=0),
+                               rtol=1e-4, atol=1e-6)
