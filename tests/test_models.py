@@ -72,9 +72,11 @@ def test_failed_weight_download_says_where_to_put_the_file(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["mobilenet", "squeezenet"])
-def test_eager_and_compiled_predictions_agree(arch):
+def test_eager_and_compiled_predictions_agree_after_loading(arch, tmp_path):
     """Eager calls (evaluation, the web page) and compiled ones (fit, predict, export) see the same pixels."""
-    model = build_model(arch, 4, (69, 69, 3), image_size=96, weights="none")
+    build_model(arch, 4, (69, 69, 3), image_size=128, weights="none").save(tmp_path / "m.keras")
+    model = keras.saving.load_model(tmp_path / "m.keras")
+    assert model.get_layer("resize").input.dtype == "float32", "eager Resizing of uint8 rounds to uint8"
     images = np.random.default_rng(0).integers(0, 256, (8, 69, 69, 3), dtype=np.uint8)
     np.testing.assert_allclose(np.asarray(model(images, training=False)), model.predict(images, verbose=0),
                                rtol=1e-4, atol=1e-6)
