@@ -13,7 +13,7 @@ class Config:
     model: str = "mobilenet"          # mobilenet | mobilenet_v2 | squeezenet
     data: str = "sample"              # sample | galaxy10_decals | galaxy10_sdss | path to a Galaxy10-schema HDF5
     weights: str = "imagenet"         # none | imagenet | path to a weights file
-    image_size: int = 128             # the model resizes its uint8 input to this
+    image_size: int = 160             # the model resizes its uint8 input to this
     alpha: float = 0.25               # MobileNet width multiplier
     batchnorm: bool = False           # SqueezeNet only: BatchNorm after conv1 and each squeeze layer
     dropout: float = 0.2
