@@ -9,7 +9,7 @@ from pathlib import Path
 
 from galaxy_class.errors import GalaxyClassError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
 
 
 def cmd_inspect(args):
@@ -28,7 +28,7 @@ def cmd_train(args):
                 "image_size": args.image_size, "batch_size": args.batch_size,
                 "steps_per_epoch": args.steps_per_epoch}
     config = Config().replace(**{k: v for k, v in settings.items() if v is not None})
-    metrics = train(config, args.out, overwrite=args.overwrite, verbose=2 if args.verbose else 0)
+    metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else 2)
     print(f"Finished: {args.out}")
     print(report(metrics))
 
@@ -124,7 +124,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps-per-epoch", type=int, help="limit each epoch to a few batches (smoke tests)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--verbose", action="store_true", help="print one line per epoch")
+    p.add_argument("--quiet", action="store_true", help="no line per epoch")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on its test split or on another file")

@@ -126,7 +126,7 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                           metrics=["accuracy"])
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, verbose=verbose,
-                  callbacks=[*stage_callbacks(run_dir, stage, config.patience), *callbacks])
+                  shuffle=False, callbacks=[*stage_callbacks(run_dir, stage, config.patience), *callbacks])
         best = run_dir / f"best_{stage}.weights.h5"
         if best.exists():
             model.load_weights(best)
