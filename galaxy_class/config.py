@@ -19,7 +19,7 @@ class Config:
     dropout: float = 0.2
     batch_size: int = 64              # per replica
     epochs: int = 5                   # stage 1: new head on the frozen pretrained base
-    fine_tune_epochs: int = 30        # stage 2: base unfrozen, lower learning rate
+    fine_tune_epochs: int = 25        # stage 2: base unfrozen, lower learning rate
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 2e-4
     fine_tune_layers: int = 0         # how many of the base's last layers to unfreeze; 0 = all of them

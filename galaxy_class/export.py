@@ -328,7 +328,7 @@ def with_metadata(content: bytes, metadata: dict) -> bytes:
 def integer_only_input(content: bytes) -> bytes:
     """An int8 model whose uint8 image goes straight into its first Quantize op, without a float32 Cast.
 
-    Keras casts the uint8 input to float32 before resizing, and the converter keeps that Cast followed by
+    Keras casts the uint8 input to float32 in its first layer, and the converter keeps that Cast followed by
     a Quantize to int8; integer-only hardware cannot run it. Quantize also requantizes uint8 to int8,
     exactly here (scale 1: int8 = pixel - 128), so the Cast goes and the input gets scale 1, zero point 0.
     """

@@ -92,8 +92,8 @@ def decode_upload(data, name, input_shape):
         raise GalaxyClassError(f"{name}: {width}x{height} pixels is too large (at most {MAX_PIXELS:,} pixels)")
     try:
         return load_image(io.BytesIO(data), input_shape)
-    except GalaxyClassError as e:
-        raise GalaxyClassError(f"{name}: the {kind} file is damaged or truncated ({e.__cause__})") from None
+    except GalaxyClassError:
+        raise GalaxyClassError(f"{name}: the {kind} file is damaged or truncated") from None
     except (ValueError, SyntaxError, EOFError) as e:  # other errors PIL's decoders raise on malformed data
         raise GalaxyClassError(f"{name}: the {kind} file is damaged ({e})") from None
 
