@@ -22,6 +22,8 @@ SQUEEZENET_WEIGHTS_SHA256 = "2d935d8c102ad1232484a77da8e6fbdf3ff4ab608974a0d8b62
 # so a run's weights do not depend on its image size.
 MOBILENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
 MOBILENET_ALPHAS = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}
+# The default models' ImageNet files ship with the repository (weights/README.md), so `make run` works offline.
+BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # Caffe-mode ImageNet means, in RGB order: the weights were trained on BGR images with these removed.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 # (squeeze, expand) filters of fire2..fire9 in SqueezeNet v1.1.
@@ -118,7 +120,9 @@ def load_squeezenet_weights(base, path):
 
 
 def _download_weights(file_name, url, sha256=None):
-    """A pretrained weight file from Keras' cache (KERAS_HOME/models), downloaded there on first use."""
+    """A pretrained weight file: the bundled copy, else Keras' cache (KERAS_HOME/models), downloaded on first use."""
+    if (BUNDLED_WEIGHTS / file_name).is_file():
+        return str(BUNDLED_WEIGHTS / file_name)
     try:
         return keras.utils.get_file(file_name, url, file_hash=sha256, cache_subdir="models")
     except Exception as e:  # Keras raises plain Exception for URL errors

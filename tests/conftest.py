@@ -16,21 +16,10 @@ SAMPLE = ROOT / "data" / "gz1_sdss_sample.h5"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _keras_home_with_shared_weights():
-    """A Keras download cache holding the shared ImageNet files under the names Keras downloads them as,
-    so `weights="imagenet"` runs its real code path offline. Keras reads KERAS_HOME when imported."""
-    home = Path(tempfile.mkdtemp(prefix="galaxy_class_keras_home_"))
-    (home / "models").mkdir()
-    names = {"mobilenet_v1_0.25_224_imagenet_notop.h5": "mobilenet_2_5_224_tf_no_top.h5",
-             "squeezenet_v1.1_imagenet_notop.h5": "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"}
-    for shared, keras_name in names.items():
-        if (SHARED_WEIGHTS / shared).exists():
-            shutil.copy(SHARED_WEIGHTS / shared, home / "models" / keras_name)
-    atexit.register(shutil.rmtree, home, True)
-    return home
-
-
-KERAS_HOME = _keras_home_with_shared_weights()
+# An empty Keras download cache: tests see the bundled weights/ and never a user's ~/.keras.
+# Keras reads KERAS_HOME when it is imported, so this runs before any test module imports it.
+KERAS_HOME = Path(tempfile.mkdtemp(prefix="galaxy_class_keras_home_"))
+atexit.register(shutil.rmtree, KERAS_HOME, True)
 os.environ["KERAS_HOME"] = str(KERAS_HOME)
 
 

@@ -80,3 +80,15 @@ def test_eager_and_compiled_predictions_agree_after_loading(arch, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (8, 69, 69, 3), dtype=np.uint8)
     np.testing.assert_allclose(np.asarray(model(images, training=False)), model.predict(images, verbose=0),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_bundled_weight_files_are_the_published_ones():
+    import hashlib
+
+    from galaxy_class.models import BUNDLED_WEIGHTS, SQUEEZENET_WEIGHTS_SHA256
+
+    def sha256(name):
+        return hashlib.sha256((BUNDLED_WEIGHTS / name).read_bytes()).hexdigest()
+
+    assert sha256("squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5") == SQUEEZENET_WEIGHTS_SHA256
+    assert sha256("mobilenet_2_5_224_tf_no_top.h5") == "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
