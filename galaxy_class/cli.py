@@ -25,7 +25,7 @@ def cmd_train(args):
 
     settings = {"model": args.model, "data": args.data, "seed": args.seed, "epochs": args.epochs,
                 "fine_tune_epochs": args.fine_tune_epochs, "weights": args.weights,
-                "image_size": args.image_size, "batch_size": args.batch_size,
+                "image_size": args.image_size, "batch_size": args.batch_size, "alpha": args.alpha,
                 "steps_per_epoch": args.steps_per_epoch}
     config = Config().replace(**{k: v for k, v in settings.items() if v is not None})
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else 2)
@@ -122,6 +122,7 @@ def build_parser():
     p.add_argument("--weights", help="none, imagenet (downloaded by Keras) or a path to a weights file")
     p.add_argument("--image-size", type=int, help="the size the model resizes its input to")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--alpha", type=float, help="MobileNet width multiplier (ImageNet weights: 0.25, 0.5, 0.75, 1.0)")
     p.add_argument("--steps-per-epoch", type=int, help="limit each epoch to a few batches (smoke tests)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no line per epoch")
