@@ -22,7 +22,7 @@ setup: $(BIN)/.installed
 
 run: setup
 	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/papermill --cwd . -k python3 $$nb $$nb -p dataset "$(DATASET)" || exit 1; \
+	  $(BIN)/papermill --cwd . -k python3 $$nb $$nb -p dataset "$(DATASET)" -p overwrite True || exit 1; \
 	done
 
 test: setup
