@@ -141,6 +141,7 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     metrics["split"] = "test"
     for name in [*[f"{s}.weights.h5" for s in STAGES], *[f"best_{s}.weights.h5" for s in STAGES]]:
         (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # BackupAndRestore leaves its empty folders
     _atomic(lambda p: Path(p).write_text(json.dumps(metrics, indent=1) + "\n"), run_dir / "metrics.json")
     return metrics
 

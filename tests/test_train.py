@@ -17,6 +17,7 @@ def test_run_folder_holds_model_settings_split_history_and_metrics(tiny_run, sam
     for name in ["model.keras", "config.json", "split.npz", "history.json", "metrics.json"]:
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.glob("*.weights.h5")), "intermediate weights are cleaned up"
+    assert not (tiny_run / "backup").exists()
     config = json.loads((tiny_run / "config.json").read_text())
     g = open_galaxy10(sample_file)
     assert config["class_names"] == list(g.class_names) and config["seed"] == 0
