@@ -17,6 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from galaxy_class.config import Config  # noqa: E402
 from galaxy_class.data import make_dataset, open_galaxy10  # noqa: E402
 from galaxy_class.models import build_model  # noqa: E402
 
@@ -42,7 +43,7 @@ def main():
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=Config().image_size)
     args = parser.parse_args()
 
     g = open_galaxy10(args.data)
@@ -56,7 +57,7 @@ def main():
         model = fresh_model(arch, g, args.image_size)
         ds = make_dataset(g, indices, args.batch_size, shuffle=True, augment=True)
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, k)))
-        ours = images_per_second(lambda e: model.fit(ds, epochs=e, verbose=0), len(indices), args.epochs)
+        ours = images_per_second(lambda e: model.fit(ds, epochs=e, verbose=0, shuffle=False), len(indices), args.epochs)
 
         # The old notebooks: every image read at once and converted to float64, then fit on numpy arrays.
         with h5py.File(g.path, "r") as f:
