@@ -20,9 +20,12 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 
 setup: $(BIN)/.installed
 
+# Checks (and downloads) the data first; a notebook replaces the committed one only if it ran to the end.
 run: setup
+	$(BIN)/python -m galaxy_class inspect "$(DATASET)"
 	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/papermill --cwd . -k python3 $$nb $$nb -p dataset "$(DATASET)" -p overwrite True || exit 1; \
+	  $(BIN)/papermill --cwd . -k python3 $$nb $$nb.running.ipynb -p dataset "$(DATASET)" -p overwrite True \
+	    && mv $$nb.running.ipynb $$nb || { echo "error: $$nb failed; see $$nb.running.ipynb"; exit 1; }; \
 	done
 
 test: setup

@@ -7,6 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from galaxy_class.config import run_config
 from galaxy_class.errors import GalaxyClassError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
@@ -20,6 +21,9 @@ def cmd_inspect(args):
 
 def cmd_train(args):
     from galaxy_class.config import Config
+    from galaxy_class.data import open_galaxy10
+
+    open_galaxy10(args.data)  # a bad data source is reported before TensorFlow loads
     from galaxy_class.evaluate import report
     from galaxy_class.train import train
 
@@ -61,9 +65,14 @@ def cmd_evaluate(args):
 
 def cmd_predict(args):
     from galaxy_class.data import load_image
+
+    if Path(args.run_dir).suffix != ".tflite":  # check every image before loading the model
+        shape = run_config(args.run_dir).input_shape
+        for path in args.images:
+            load_image(path, shape)
+    model, config, _ = _load(args.run_dir)
     from galaxy_class.evaluate import predict_proba
 
-    model, config, _ = _load(args.run_dir)
     results = []
     for path in args.images:
         probs = predict_proba(model, load_image(path, config.input_shape)[None], tta=args.tta)[0]
@@ -98,6 +107,7 @@ def _load(run_dir):
         from galaxy_class.export import load_tflite
 
         return load_tflite(run_dir)
+    run_config(run_dir)  # a wrong folder is reported before TensorFlow loads (and prints its start-up lines)
     from galaxy_class.train import load_run
 
     return load_run(run_dir)
@@ -106,13 +116,16 @@ def _load(run_dir):
 def build_parser():
     parser = argparse.ArgumentParser(prog="galaxy-class", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    # --debug is also accepted after the command; SUPPRESS keeps the subcommand from resetting it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", help="image count, shape, class names and counts of a data source")
+    p = sub.add_parser("inspect", parents=[common], help="image count, shape, class names and counts of a data source")
     p.add_argument("source", help="sample, galaxy10_decals, galaxy10_sdss or a path to a Galaxy10-schema HDF5")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("train", help="train and fine-tune a model into a run folder")
+    p = sub.add_parser("train", parents=[common], help="train and fine-tune a model into a run folder")
     p.add_argument("--model", required=True, choices=["mobilenet", "mobilenet_v2", "squeezenet"])
     p.add_argument("--data", required=True, help="sample, galaxy10_decals, galaxy10_sdss or a file path")
     p.add_argument("--out", required=True, type=Path, help="run folder (an unfinished run in it resumes)")
@@ -128,7 +141,7 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no line per epoch")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a trained run on its test split or on another file")
+    p = sub.add_parser("evaluate", parents=[common], help="metrics of a trained run on its test split or on another file")
     p.add_argument("run_dir", type=Path, help="a run folder, or a .tflite file exported from one")
     p.add_argument("--data", help="default: the run's own data (its saved test split); any other file: all of it")
     p.add_argument("--json", type=Path, help="write the metrics to this JSON file")
@@ -137,14 +150,14 @@ def build_parser():
                    help="average over the 8 flips and rotations (default: as the run was configured)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify PNG or JPEG images with a trained run")
+    p = sub.add_parser("predict", parents=[common], help="classify PNG or JPEG images with a trained run")
     p.add_argument("run_dir", type=Path, help="a run folder, or a .tflite file exported from one")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="convert a trained run to TensorFlow Lite and compare it with the Keras model")
+    p = sub.add_parser("export", parents=[common], help="convert a trained run to TensorFlow Lite and compare it with the Keras model")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--format", choices=["tflite"], default="tflite")
     p.add_argument("--quantize", choices=["none", "float16", "int8"], default="int8",
@@ -154,7 +167,7 @@ def build_parser():
     p.add_argument("--calibration-images", type=int, default=300, help="int8: training images to calibrate on")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("serve", help="a local web page: upload a galaxy image, see its class and Grad-CAM")
+    p = sub.add_parser("serve", parents=[common], help="a local web page: upload a galaxy image, see its class and Grad-CAM")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)

@@ -54,3 +54,15 @@ class Config:
         if unknown:
             raise GalaxyClassError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
+
+
+def run_config(run_dir):
+    """The settings of a trained run folder; GalaxyClassError if `run_dir` is not one (no TensorFlow needed)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise GalaxyClassError(f"{run_dir}: no such run folder")
+    if not run_dir.is_dir():
+        raise GalaxyClassError(f"{run_dir}: is a file, not a run folder (or an exported .tflite file)")
+    if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
+        raise GalaxyClassError(f"{run_dir}: not a finished training run (no model.keras and config.json)")
+    return Config.load(run_dir / "config.json")

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from galaxy_class import evaluate
-from galaxy_class.config import Config
+from galaxy_class.config import Config, run_config
 from galaxy_class.data import load_split, make_dataset, open_galaxy10, save_split, split_indices
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.models import base_model, build_model
@@ -67,7 +67,7 @@ def prepare_run(config, run_dir, overwrite=False):
         state = "new"
     if state == "unfinished":
         config = Config.load(run_dir / "config.json")
-        print(f"Continuing the unfinished run in {run_dir} with its saved settings.")
+        print(f"Continuing the run in {run_dir} with its saved settings (config.json).")
         g = open_galaxy10(config.data_path or config.data)
         return config, g, load_split(run_dir / "split.npz")
 
@@ -204,11 +204,7 @@ def _atomic(save, path):
 def load_run(run_dir):
     """The model, settings and split of a trained run folder."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise GalaxyClassError(f"{run_dir}: no such run folder")
-    if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
-        raise GalaxyClassError(f"{run_dir}: not a finished training run (no model.keras and config.json)")
-    config = Config.load(run_dir / "config.json")
+    config = run_config(run_dir)
     try:
         model = keras.saving.load_model(run_dir / "model.keras")
     except Exception as e:  # Keras raises many kinds for a damaged file

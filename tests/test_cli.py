@@ -101,3 +101,25 @@ def test_real_process_exits_2_without_traceback_and_debug_shows_it(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
     out = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" in out.stderr
+
+
+def test_debug_is_accepted_after_the_command_too(capsys, tmp_path):
+    for argv in (["--debug", "inspect", tmp_path / "x.h5"], ["inspect", tmp_path / "x.h5", "--debug"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_file_given_as_run_folder_is_named_as_such(capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    assert_one_error_line(*run_cli(capsys, "evaluate", notes)[::2], "notes.txt", "not a run folder")
+
+
+def test_one_bad_image_among_several_is_reported_before_any_prediction(capsys, tiny_run, sample_file, tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(read_images(open_galaxy10(sample_file), [0])[0]).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    code, out, err = run_cli(capsys, "predict", tiny_run, good, bad)
+    assert_one_error_line(code, err, "bad.jpg")
+    assert out == ""
