@@ -22,7 +22,7 @@ import numpy as np
 
 from galaxy_class.config import Config
 from galaxy_class.data import load_split, open_galaxy10, read_images
-from galaxy_class.errors import GalaxyClassError
+from galaxy_class.errors import GalaxyClassError, first_line
 
 QUANTIZE = ("none", "float16", "int8")
 METADATA_NAME = "galaxy_class"
@@ -243,7 +243,7 @@ class TFLiteModel:
             self.interpreter = _interpreter_class()(model_content=content, num_threads=num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise GalaxyClassError(f"{self.path}: cannot load it as a TensorFlow Lite model ({_first_line(e)})") from None
+            raise GalaxyClassError(f"{self.path}: cannot load it as a TensorFlow Lite model ({first_line(e)})") from None
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])
@@ -443,7 +443,3 @@ def _atomic_write(path: Path, data: bytes):
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _first_line(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

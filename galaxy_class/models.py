@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from galaxy_class.errors import GalaxyClassError
+from galaxy_class.errors import GalaxyClassError, first_line
 
 ARCHITECTURES = ("mobilenet", "mobilenet_v2", "squeezenet")
 
@@ -60,7 +60,7 @@ def build_model(arch, num_classes, input_shape, image_size=128, weights="imagene
         try:
             base = app(input_shape=size, alpha=alpha, include_top=False, weights=weights)
         except Exception as e:  # Keras raises plain Exception for downloads, ValueError for bad files
-            raise GalaxyClassError(f"cannot load {arch} weights {weights!r}: {_first_line(e)}") from None
+            raise GalaxyClassError(f"cannot load {arch} weights {weights!r}: {first_line(e)}") from None
         scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")
     base.name = "base"
 
@@ -116,7 +116,7 @@ def load_squeezenet_weights(base, path):
                     values[0] = values[0][:, :, ::-1, :]  # Caffe BGR input channels -> our RGB input
                 base.get_layer(group_name.replace("/", "_")).set_weights(values)
     except (OSError, KeyError, ValueError) as e:
-        raise GalaxyClassError(f"{path}: not a SqueezeNet v1.1 weight file ({_first_line(e)})") from None
+        raise GalaxyClassError(f"{path}: not a SqueezeNet v1.1 weight file ({first_line(e)})") from None
 
 
 def _download_weights(file_name, url, sha256=None):
@@ -127,7 +127,7 @@ def _download_weights(file_name, url, sha256=None):
         return keras.utils.get_file(file_name, url, file_hash=sha256, cache_subdir="models")
     except Exception as e:  # Keras raises plain Exception for URL errors
         raise GalaxyClassError(
-            f"cannot download ImageNet weights from {url} ({_first_line(e)}): put the file at "
+            f"cannot download ImageNet weights from {url} ({first_line(e)}): put the file at "
             f"{Path(os.environ.get('KERAS_HOME', Path.home() / '.keras')) / 'models' / file_name} "
             "or pass weights as a path or none"
         ) from None
@@ -141,10 +141,6 @@ def _check_weights(weights):
     if not Path(weights).is_file():
         raise GalaxyClassError(f"{weights}: weights file not found (use none, imagenet or a path)")
     return str(weights)
-
-
-def _first_line(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def base_model(model):
