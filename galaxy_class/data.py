@@ -1,88 +1,25 @@
-"""Galaxy10 data: where files come from, checking them, the split, and a streaming tf.data pipeline.
+"""Galaxy10 data: resolving a source to a file, checking it, the split, and a streaming tf.data pipeline.
 
-TensorFlow is imported inside the functions that need it, so `inspect` and `download` start fast.
+TensorFlow is imported inside the functions that need it, so `inspect` and downloads start fast.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import itertools
 import os
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 from sklearn.model_selection import train_test_split
-from PIL import Image
-from tqdm import tqdm
 
+from galaxy_class.download import DATASETS, download
 from galaxy_class.errors import GalaxyClassError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_PATH = REPO_ROOT / "data" / "gz1_sdss_sample.h5"
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A downloadable Galaxy10 data set; file name, URL and checksum are astroNN 1.1.0's."""
-
-    name: str
-    file_name: str
-    url: str
-    sha256: str
-    n_images: int
-    image_size: int
-    class_names: tuple[str, ...]
-
-
-DATASETS = {
-    "galaxy10_decals": DatasetSpec(
-        name="galaxy10_decals",
-        file_name="Galaxy10_DECals.h5",
-        url="https://www.astro.utoronto.ca/~hleung/shared/Galaxy10/Galaxy10_DECals.h5",
-        sha256="19aefc477c41bb7f77ff07599a6b82a038dc042f889a111b0d4d98bb755c1571",
-        n_images=17736,
-        image_size=256,
-        # From the Galaxy10 DECaLS README; astroNN 1.1.0's lookup wrongly names class 3 "Smooth, Cigar shaped".
-        class_names=(
-            "Disturbed",
-            "Merging",
-            "Round Smooth",
-            "In-between Round Smooth",
-            "Cigar Shaped Smooth",
-            "Barred Spiral",
-            "Unbarred Tight Spiral",
-            "Unbarred Loose Spiral",
-            "Edge-on without Bulge",
-            "Edge-on with Bulge",
-        ),
-    ),
-    "galaxy10_sdss": DatasetSpec(
-        name="galaxy10_sdss",
-        file_name="Galaxy10.h5",
-        url="https://www.astro.utoronto.ca/~bovy/Galaxy10/Galaxy10.h5",
-        sha256="969a6b1cefcc36e09fffa86febd2f699a4aa19b837ba0427f01b0bc6ded458af",
-        n_images=21785,
-        image_size=69,
-        class_names=(
-            "Disk, Face-on, No Spiral",
-            "Smooth, Completely round",
-            "Smooth, in-between round",
-            "Smooth, Cigar shaped",
-            "Disk, Edge-on, Rounded Bulge",
-            "Disk, Edge-on, Boxy Bulge",
-            "Disk, Edge-on, No Bulge",
-            "Disk, Face-on, Tight Spiral",
-            "Disk, Face-on, Medium Spiral",
-            "Disk, Face-on, Loose Spiral",
-        ),
-    ),
-}
 SOURCE_NAMES = ("sample", *DATASETS)
 
 
@@ -101,12 +38,6 @@ class Galaxy10File:
     def class_counts(self) -> np.ndarray:
         """Number of images in each class, (K,)."""
         return np.bincount(self.labels, minlength=len(self.class_names))
-
-
-def default_cache_dir() -> Path:
-    """$GALAXY_CLASS_CACHE, else astroNN's dataset folder, so astroNN users don't download twice."""
-    # Same as astroNN.config.astroNN_CACHE_DIR / "datasets", without importing astroNN (and TensorFlow).
-    return Path(os.environ.get("GALAXY_CLASS_CACHE") or Path.home() / ".astroNN" / "datasets")
 
 
 def resolve_source(source: str, cache_dir: Path | None = None) -> Path:
@@ -163,7 +94,7 @@ def open_galaxy10(source: str | Path, cache_dir: Path | None = None) -> Galaxy10
     if labels.min() < 0:
         raise GalaxyClassError(f"{path}: 'ans' has negative labels (smallest {labels.min()})")
     image_shape = tuple(int(s) for s in images.shape[1:])
-    class_names = _class_names(names, image_shape, int(labels.max()) + 1)
+    class_names = _class_names(path, names, image_shape, labels)
     if labels.max() >= len(class_names):
         raise GalaxyClassError(
             f"{path}: 'ans' has label {labels.max()} but class_names names only {len(class_names)} classes"
@@ -173,18 +104,61 @@ def open_galaxy10(source: str | Path, cache_dir: Path | None = None) -> Galaxy10
     return Galaxy10File(path, str(source), len(labels), image_shape, class_names, labels)
 
 
-def _class_names(attribute, image_shape: tuple[int, ...], n_classes: int) -> tuple[str, ...]:
+def _class_names(path: Path, attribute, image_shape: tuple[int, ...], labels: np.ndarray) -> tuple[str, ...]:
     """The file's class_names attribute, else the Galaxy10 names for a file shaped like one, else "class i"."""
     if attribute is not None:
         return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(attribute))
+    n_classes = int(labels.max()) + 1
     for spec in DATASETS.values():
         if image_shape == (spec.image_size, spec.image_size, 3) and n_classes == len(spec.class_names):
-            return spec.class_names
+            return spec.class_names  # empty classes allowed: a subset of Galaxy10 may lack a rare class
+    _check_no_empty_classes(path, labels)
     return tuple(f"class {i}" for i in range(n_classes))
 
 
+def _check_no_empty_classes(path: Path, labels: np.ndarray) -> None:
+    """Refuse labels that leave gaps in 0..max, e.g. 255 as "unknown" beside 0..3 (251 empty classes)."""
+    used = np.unique(labels)  # not bincount: a label of 10**12 would allocate terabytes
+    n_classes = int(used[-1]) + 1
+    if len(used) == n_classes:
+        return
+    bounds = [-1, *used.tolist()]
+    gaps = [(a + 1, b - 1) for a, b in zip(bounds[:-1], bounds[1:]) if b - a > 1]
+    empty = f"{n_classes} classes, {n_classes - len(used)} of them empty (no image has label {_ranges(gaps)})"
+    if len(gaps) == 1 and gaps[0][0] == 0:
+        raise GalaxyClassError(
+            f"{path}: 'ans' labels start at {used[0]}, which would make {empty}; "
+            f"subtract {used[0]} from them, or add a class_names attribute to the file if the empty classes are meant"
+        )
+    first_gap = gaps[0][0]
+    suspect = used[used > first_gap].tolist()
+    label, looks = ("label", "looks") if len(suspect) == 1 else ("labels", "look")
+    raise GalaxyClassError(
+        f"{path}: 'ans' labels would make {empty}; {label} {_ranges(_runs(suspect))} "
+        f"(on {int((labels > first_gap).sum())} images) {looks} out of place (a placeholder such as 'unknown'?): "
+        f"drop those rows, or add a class_names attribute to the file if the empty classes are meant"
+    )
+
+
+def _runs(values: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct integers as (first, last) runs of consecutive values."""
+    runs = []
+    for value in values:
+        if runs and value == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], value)
+        else:
+            runs.append((value, value))
+    return runs
+
+
+def _ranges(runs: list[tuple[int, int]], most: int = 5) -> str:
+    """Runs as "0-3, 7, 9-12", the first `most` of them."""
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:most])
+    return text + (f" and {len(runs) - most} more ranges" if len(runs) > most else "")
+
+
 def describe(g: Galaxy10File) -> str:
-    """A few lines about a file for `inspect`: path, images, shape, and each class with its count."""
+    """A few lines about a file for `inspect`: path, images, shape, empty classes, and each class with its count."""
     counts = g.class_counts()
     width = max(len(name) for name in g.class_names)
     lines = [
@@ -193,83 +167,16 @@ def describe(g: Galaxy10File) -> str:
         f"images:  {g.n} of {'x'.join(map(str, g.image_shape))} uint8 ({g.path.stat().st_size / 1e6:.1f} MB on disk)",
         f"classes: {len(g.class_names)}",
     ]
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        shown = ", ".join(f"{i} ({g.class_names[i]})" for i in empty[:10])
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        lines.append(f"empty:   {len(empty)} of the classes have no images: {shown}{more}")
     lines += [
         f"  {i:>2}  {name:<{width}}  {count:>6}  {count / g.n:6.1%}"
         for i, (name, count) in enumerate(zip(g.class_names, counts))
     ]
     return "\n".join(lines)
-
-
-_verified: set[Path] = set()  # cached files whose checksum this process has already checked
-
-
-def download(name: str, cache_dir: Path | None = None, url: str | None = None) -> Path:
-    """Path of data set `name` in the cache folder; downloaded first unless a copy with the right checksum is there."""
-    if name not in DATASETS:
-        raise GalaxyClassError(f"{name}: not a downloadable data set ({', '.join(DATASETS)})")
-    spec = DATASETS[name]
-    path = Path(cache_dir or default_cache_dir()) / spec.file_name
-    if path in _verified or (path.is_file() and _sha256(path) == spec.sha256):
-        _verified.add(path)
-        return path
-    url = url or spec.url
-    # Written under a temporary name and renamed only once complete and checked: an interrupted
-    # download never leaves a file that looks like the data set (or replaces a copy already there).
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{spec.file_name}.", suffix=".part")
-    except OSError as err:
-        raise GalaxyClassError(
-            f"{path.parent}: cannot write the download there ({err}); choose another folder with GALAXY_CLASS_CACHE"
-        ) from err
-    try:
-        with os.fdopen(fd, "wb") as out:
-            short, digest = _fetch(url, out, spec.file_name)
-        if short is not None:
-            raise GalaxyClassError(
-                f"{path}: download of {url} was cut off after {short[0]:,} of {short[1]:,} bytes; "
-                f"nothing was saved, try again"
-            )
-        if digest != spec.sha256:
-            raise GalaxyClassError(
-                f"{path}: the file downloaded from {url} has SHA-256 {digest}, "
-                f"expected {spec.sha256}; nothing was saved"
-            )
-        os.replace(tmp, path)
-    except (OSError, http.client.HTTPException) as err:
-        raise GalaxyClassError(
-            f"{path}: could not download {url} ({getattr(err, 'reason', err)}); "
-            f"fetch that URL yourself and put the file at {path}"
-        ) from err
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    _verified.add(path)
-    return path
-
-
-def _fetch(url: str, out, label: str) -> tuple[tuple[int, int] | None, str]:
-    """Stream `url` into `out` with a progress bar; return ((got, expected) if cut short else None, sha256)."""
-    digest = hashlib.sha256()
-    got = 0
-    with urllib.request.urlopen(url, timeout=60) as response:
-        expected = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=expected, unit="B", unit_scale=True, desc=label) as bar:
-            # read(n) returns b"" when the server closes early, without an error: the length check catches it.
-            while block := response.read(1 << 20):
-                out.write(block)
-                digest.update(block)
-                got += len(block)
-                bar.update(len(block))
-    short = (got, expected) if expected is not None and got != expected else None
-    return short, digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def split_indices(labels, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:
@@ -330,25 +237,6 @@ def examples_per_class(labels, per_class: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picks = [rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in np.unique(labels)]
     return np.concatenate(picks).astype(np.int64)
-
-
-def load_image(path, input_shape) -> np.ndarray:
-    """An image file (PNG, JPEG, ...) as uint8 (H, W, 3) for a model with `input_shape`.
-
-    As Galaxy10 was made: a non-square image is centre-cropped to a square, then box-filter resized.
-    """
-    height, width = input_shape[:2]
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.crop((left, top, left + side, top + side))
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BOX)
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise GalaxyClassError(f"{path}: cannot read it as an image ({err})") from None
 
 
 def _checked_indices(g: Galaxy10File, indices) -> np.ndarray:

@@ -1,32 +1,23 @@
-"""Specification of galaxy_class.data: sources, checks, split, streaming pipeline, dihedral transforms, download."""
+"""Specification of galaxy_class.data: sources, checks, labels, split, streaming pipeline, dihedral transforms."""
 
-import dataclasses
 import hashlib
-import http.server
-import os
-import socket
-import threading
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
-from galaxy_class import GalaxyClassError, data
+from galaxy_class import GalaxyClassError
 from galaxy_class.data import (
-    DATASETS,
     describe,
     dihedral,
-    download,
-    load_image,
     load_split,
     make_dataset,
     open_galaxy10,
     read_images,
-    resolve_source,
     save_split,
     split_indices,
 )
+from galaxy_class.download import DATASETS
 
 SAMPLE_COUNTS = [1066, 198, 232, 40]
 GZ1_NAMES = ("Elliptical", "Spiral", "Edge-on", "Merger")
@@ -117,6 +108,60 @@ def test_class_names_come_from_the_file_then_galaxy10_then_numbers(tmp_path):
     other = open_galaxy10(write_h5(tmp_path / "o.h5", random_images(4), np.array([0, 2, 2, 1])))
     assert other.class_names == ("class 0", "class 1", "class 2")
     assert other.class_counts().tolist() == [1, 1, 2]
+
+
+def test_unknown_label_far_above_the_others_is_refused_naming_it(tmp_path):
+    labels = np.array([0, 1, 2, 3, 255, 1, 255], np.uint8)  # 255 as "unknown"
+    path = write_h5(tmp_path / "f.h5", random_images(7), labels)
+    with pytest.raises(GalaxyClassError) as error:
+        open_galaxy10(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ")
+    assert "256 classes, 251 of them empty (no image has label 4-254)" in message
+    assert "label 255 (on 2 images) looks out of place" in message
+    assert "drop those rows, or add a class_names attribute" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "labels, gap, suspect",
+    [
+        ([0, 2, 2, 3], "no image has label 1)", "labels 2-3 (on 3 images) look"),
+        ([0, 1, 5, 9, 9], "no image has label 2-4, 6-8)", "labels 5, 9 (on 3 images) look"),
+        ([0, 10**12], "no image has label 1-999999999999)", "label 1000000000000 (on 1 images) looks"),
+    ],
+    ids=["one empty class", "two gaps", "huge label"],
+)
+def test_any_gap_in_the_labels_is_refused(labels, gap, suspect, tmp_path):
+    path = write_h5(tmp_path / "f.h5", random_images(len(labels)), np.array(labels, np.int64))
+    with pytest.raises(GalaxyClassError, match=f"^{path}: ") as error:
+        open_galaxy10(path)
+    assert gap in str(error.value) and suspect in str(error.value)
+
+
+def test_labels_counted_from_one_are_refused_with_their_fix(tmp_path):
+    path = write_h5(tmp_path / "f.h5", random_images(4), np.array([1, 2, 3, 1]))
+    with pytest.raises(GalaxyClassError, match="labels start at 1, which would make 4 classes, 1 of them empty "
+                                               r"\(no image has label 0\); subtract 1 from them"):
+        open_galaxy10(path)
+
+
+def test_a_galaxy10_subset_may_lack_a_class(tmp_path):
+    labels = np.array([0, 1, 2, 4, 5, 6, 7, 8, 9, 9])  # no "Smooth, Cigar shaped" (3)
+    g = open_galaxy10(write_h5(tmp_path / "s.h5", random_images(10, 69, 69), labels))
+    assert g.class_names == DATASETS["galaxy10_sdss"].class_names
+    assert g.class_counts().tolist() == [1, 1, 1, 0, 1, 1, 1, 1, 1, 2]
+    assert "empty:   1 of the classes have no images: 3 (Smooth, Cigar shaped)" in describe(g).splitlines()
+
+
+def test_empty_classes_named_by_the_file_are_allowed_and_described(tmp_path):
+    names = ["Elliptical", "Spiral", "Edge-on", "Merger", "Unknown"]
+    path = write_h5(tmp_path / "f.h5", random_images(4), np.array([0, 1, 1, 4]), class_names=names)
+    g = open_galaxy10(path)
+    assert g.class_names == tuple(names) and g.class_counts().tolist() == [1, 2, 0, 0, 1]
+    lines = describe(g).splitlines()
+    assert "empty:   2 of the classes have no images: 2 (Edge-on), 3 (Merger)" in lines
+    assert "empty" not in describe(open_galaxy10("sample"))
 
 
 def truncated(tmp_path, sample_file):
@@ -259,23 +304,6 @@ def test_read_images_keeps_the_order_asked_for(sample_file):
         read_images(g, [0, 1536])
 
 
-def test_load_image_gives_model_sized_uint8_pixels(sample_file, tmp_path):
-    image = read_images(open_galaxy10(sample_file), [0])[0]
-    Image.fromarray(image).save(tmp_path / "galaxy.png")
-    assert np.array_equal(load_image(tmp_path / "galaxy.png", (69, 69, 3)), image)
-    Image.fromarray(np.repeat(np.repeat(image, 3, 0), 3, 1)[..., 0]).save(tmp_path / "big_grey.png")
-    grey = load_image(tmp_path / "big_grey.png", [69, 69, 3])
-    assert grey.shape == (69, 69, 3) and grey.dtype == np.uint8
-    assert np.array_equal(grey[..., 1], image[..., 0])  # a 3x box downscale of 3x-repeated pixels is exact
-    wide = np.zeros((69, 69 + 40, 3), np.uint8)
-    wide[:, 20:89] = image  # a wide picture with the galaxy in its middle
-    Image.fromarray(wide).save(tmp_path / "wide.png")
-    assert np.array_equal(load_image(tmp_path / "wide.png", (69, 69, 3)), image), "centre-cropped to a square"
-    (tmp_path / "notes.png").write_text("not an image")
-    with pytest.raises(GalaxyClassError, match="notes.png: cannot read it as an image"):
-        load_image(tmp_path / "notes.png", (69, 69, 3))
-
-
 def test_unshuffled_pass_matches_the_file(sample_file):
     g = open_galaxy10(sample_file)
     indices = np.arange(3, 203)
@@ -357,114 +385,6 @@ def test_dihedral_gives_the_8_distinct_rotations_and_flips(sample_file):
         assert np.array_equal(dihedral(tf.constant(image), k).numpy(), out)
     assert np.array_equal(dihedral(image, 0), image)
     assert len({dihedral(image, k).tobytes() for k in range(8)}) == 8
-
-
-# --- download ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server(monkeypatch):
-    """A local HTTP server: routes maps a URL path to (bytes sent, Content-Length declared)."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    routes = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body, declared = routes[self.path]
-            self.send_response(200)
-            self.send_header("Content-Length", str(declared))
-            self.end_headers()
-            self.wfile.write(body)  # then the connection closes, early if declared > len(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield routes, f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def fake_sdss(monkeypatch):
-    """galaxy10_sdss with the checksum of a small stand-in body, so downloads of it can succeed."""
-    body = os.urandom(300_000)
-    spec = dataclasses.replace(DATASETS["galaxy10_sdss"], sha256=hashlib.sha256(body).hexdigest())
-    monkeypatch.setitem(DATASETS, "galaxy10_sdss", spec)
-    return body
-
-
-def refused_url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/Galaxy10.h5"
-
-
-def test_download_saves_the_file_once_its_checksum_matches(server, fake_sdss, tmp_path):
-    routes, base = server
-    routes["/Galaxy10.h5"] = (fake_sdss, len(fake_sdss))
-    path = download("galaxy10_sdss", tmp_path / "cache", url=f"{base}/Galaxy10.h5")
-    assert path == tmp_path / "cache" / "Galaxy10.h5"
-    assert path.read_bytes() == fake_sdss
-    assert os.listdir(tmp_path / "cache") == ["Galaxy10.h5"]
-
-
-def test_download_with_wrong_checksum_keeps_nothing(server, fake_sdss, tmp_path):
-    routes, base = server
-    routes["/Galaxy10.h5"] = (fake_sdss[:-1] + b"!", len(fake_sdss))
-    with pytest.raises(GalaxyClassError, match="has SHA-256 .*, expected .*; nothing was saved"):
-        download("galaxy10_sdss", tmp_path / "cache", url=f"{base}/Galaxy10.h5")
-    assert os.listdir(tmp_path / "cache") == []
-
-
-def test_interrupted_download_keeps_nothing(server, fake_sdss, tmp_path):
-    routes, base = server
-    routes["/Galaxy10.h5"] = (fake_sdss[:100_000], len(fake_sdss))
-    with pytest.raises(GalaxyClassError, match="cut off after 100,000 of 300,000 bytes; nothing was saved"):
-        download("galaxy10_sdss", tmp_path / "cache", url=f"{base}/Galaxy10.h5")
-    assert os.listdir(tmp_path / "cache") == []
-
-
-def test_offline_download_says_where_to_put_the_file(fake_sdss, tmp_path):
-    url = refused_url()
-    target = tmp_path / "cache" / "Galaxy10.h5"
-    with pytest.raises(GalaxyClassError, match="could not download .*Connection refused") as error:
-        download("galaxy10_sdss", tmp_path / "cache", url=url)
-    assert f"fetch that URL yourself and put the file at {target}" in str(error.value)
-    assert str(error.value).startswith(str(target)) and url in str(error.value)
-    assert os.listdir(tmp_path / "cache") == []
-
-
-def test_a_copy_in_astronn_cache_is_used_without_downloading(fake_sdss, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("GALAXY_CLASS_CACHE", raising=False)
-    cached = tmp_path / ".astroNN" / "datasets" / "Galaxy10.h5"
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(fake_sdss)
-    assert download("galaxy10_sdss", url=refused_url()) == cached
-    assert resolve_source("galaxy10_sdss") == cached
-    monkeypatch.setenv("GALAXY_CLASS_CACHE", str(tmp_path / "elsewhere"))
-    assert data.default_cache_dir() == tmp_path / "elsewhere"
-
-
-def test_a_corrupt_cached_copy_is_replaced_by_a_good_download(server, fake_sdss, tmp_path):
-    routes, base = server
-    routes["/Galaxy10.h5"] = (fake_sdss, len(fake_sdss))
-    cached = tmp_path / "Galaxy10.h5"
-    cached.write_bytes(fake_sdss[:1000])
-    assert download("galaxy10_sdss", tmp_path, url=f"{base}/Galaxy10.h5") == cached
-    assert cached.read_bytes() == fake_sdss
-
-
-def test_downloaded_galaxy10_file_opens_with_its_class_names(tmp_path, monkeypatch):
-    path = write_h5(tmp_path / "Galaxy10.h5", random_images(10, 69, 69), np.arange(10))
-    spec = dataclasses.replace(DATASETS["galaxy10_sdss"], sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-    monkeypatch.setitem(DATASETS, "galaxy10_sdss", spec)
-    g = open_galaxy10("galaxy10_sdss", cache_dir=tmp_path)
-    assert (g.path, g.source, g.class_names) == (path, "galaxy10_sdss", spec.class_names)
-
 
 
 def test_examples_per_class_picks_each_class_seeded():
