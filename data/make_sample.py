@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from galaxy_class import cutout
 from galaxy_class.data import REPO_ROOT, SAMPLE_PATH, open_galaxy10, read_images
 
 DEV_FILE = REPO_ROOT.parent / "shared" / "data" / "gz1_sdss_dev.h5"
@@ -39,6 +40,7 @@ def main():
     with h5py.File(args.source, "r") as src:
         objid = src["objid"][chosen]
         source_note = src.attrs["source"]
+        recipe = src.attrs[cutout.ATTRIBUTE]  # the subset was cut from raw cutouts exactly as its source was
     with h5py.File(args.out, "w") as out:
         # Same layout as the dev file: gzip, one chunk per image, so a batch reads only its own images.
         out.create_dataset(
@@ -47,6 +49,7 @@ def main():
         out.create_dataset("ans", data=g.labels[chosen].astype(np.uint8))
         out.create_dataset("objid", data=objid)
         out.attrs["class_names"] = list(g.class_names)
+        cutout.write_recipe(out, cutout.CutoutRecipe.from_value(recipe, args.source))
         out.attrs["source"] = (
             f"seeded stratified subset (seed {args.seed}, {args.n} of {g.n} images, at least {args.min_per_class} "
             f"per class) of {args.source.name}: {source_note}"

@@ -7,6 +7,8 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from galaxy_class.config import run_config
 from galaxy_class.errors import GalaxyClassError
 
@@ -64,21 +66,28 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    from galaxy_class.data import load_image
+    from galaxy_class.images import load_image, run_recipe
 
-    if Path(args.run_dir).suffix != ".tflite":  # check every image before loading the model
-        shape = run_config(args.run_dir).input_shape
-        for path in args.images:
-            load_image(path, shape)
-    model, config, _ = _load(args.run_dir)
+    # Every image is read before a Keras model loads: a bad one is reported before TensorFlow's start-up lines.
+    lite = _load(args.run_dir) if Path(args.run_dir).suffix == ".tflite" else None
+    config = lite[1] if lite else run_config(args.run_dir)
+    prepared = [load_image(path, config.input_shape[0], run_recipe(config), args.crop_fraction) for path in args.images]
+    model = (lite or _load(args.run_dir))[0]
     from galaxy_class.evaluate import predict_proba
 
+    notes = {}
+    for path, (_, note) in zip(args.images, prepared):
+        notes.setdefault(note, []).append(path)
+    for note, paths in notes.items():
+        which = paths[0] if len(paths) == 1 else f"{len(paths)} images"
+        print(f"note: {which}: {note}", file=sys.stderr)
+    images = np.stack([image for image, _ in prepared])
+    probs = np.concatenate([predict_proba(model, images[i:i + 64], tta=args.tta) for i in range(0, len(images), 64)])
     results = []
-    for path in args.images:
-        probs = predict_proba(model, load_image(path, config.input_shape)[None], tta=args.tta)[0]
-        top = int(probs.argmax())
-        results.append({"image": str(path), "class": config.class_names[top], "probability": float(probs[top]),
-                        "probabilities": dict(zip(config.class_names, map(float, probs)))})
+    for path, (_, note), p in zip(args.images, prepared, probs):
+        top = int(p.argmax())
+        results.append({"image": str(path), "class": config.class_names[top], "probability": float(p[top]),
+                        "probabilities": dict(zip(config.class_names, map(float, p))), "preprocessing": note})
     if args.json:
         print(json.dumps(results, indent=1))
         return
@@ -101,6 +110,22 @@ def cmd_export(args):
     export_tflite(args.run_dir, quantize=args.quantize, out=args.out, calibration_images=args.calibration_images)
 
 
+def cmd_make_dataset(args):
+    from galaxy_class.data import describe, open_galaxy10
+    from galaxy_class.make_dataset import make_dataset
+
+    try:
+        made = make_dataset(args.folder, args.out, args.labels, like=args.like, class_names=args.class_names,
+                            size=args.size, raw_size=args.raw_size, crop=args.crop, resample=args.resample)
+    except KeyboardInterrupt:  # the unfinished file is already removed
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"Wrote {made.path}")
+    print(describe(open_galaxy10(made.path)))
+    for note in made.notes():
+        print(f"note: {note}", file=sys.stderr)
+
+
 def _load(run_dir):
     """(model, config, split) of a run folder, or of a .tflite file exported from one."""
     if Path(run_dir).suffix == ".tflite":
@@ -111,6 +136,15 @@ def _load(run_dir):
     from galaxy_class.train import load_run
 
     return load_run(run_dir)
+
+
+def _crop_fraction(value):
+    from galaxy_class.cutout import parse_crop_fraction
+
+    try:
+        return parse_crop_fraction(value)
+    except GalaxyClassError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser():
@@ -155,6 +189,9 @@ def build_parser():
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
+    p.add_argument("--crop-fraction", type=_crop_fraction, metavar="F",
+                   help="keep the central F of each image's width (1.0: the whole image); default: the run's "
+                        "cutout recipe (raw cutouts are cut as the training images were)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", parents=[common], help="convert a trained run to TensorFlow Lite and compare it with the Keras model")
@@ -172,6 +209,24 @@ def build_parser():
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
+
+    from galaxy_class.cutout import RESAMPLING
+
+    p = sub.add_parser("make-dataset", parents=[common],
+                       help="a Galaxy10-schema HDF5 file from a folder of JPEG/PNG cutouts and a CSV of their labels")
+    p.add_argument("folder", type=Path, help="the images; the CSV's file names are relative to it")
+    p.add_argument("--labels", type=Path, metavar="CSV",
+                   help="a header row with file, label (class name or number) and any other columns (ra, dec, "
+                        "objid, ...), which become datasets of the file; default: FOLDER/labels.csv")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.h5", help="the new file (an existing one is refused)")
+    p.add_argument("--like", type=Path, metavar="FILE.h5",
+                   help="take class names, image size and cutout recipe from this Galaxy10-schema file, to merge with it")
+    p.add_argument("--class-names", metavar="A,B,C", help="class names in label order (default: the CSV's names, sorted)")
+    p.add_argument("--size", type=int, metavar="S", help="stored image size in pixels")
+    p.add_argument("--raw-size", type=int, metavar="R", help="size of the raw cutouts in pixels")
+    p.add_argument("--crop", type=int, metavar="C", help="keep the central C x C pixels of a raw cutout (default: R)")
+    p.add_argument("--resample", choices=list(RESAMPLING), help="filter from C down to S pixels (default: box)")
+    p.set_defaults(func=cmd_make_dataset)
     return parser
 
 
@@ -183,7 +238,8 @@ def main(argv=None):
     except GalaxyClassError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:  # a list of problems (bad CSV rows) prints as one error line each
+            print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted (an unfinished training run resumes when started again)", file=sys.stderr)

@@ -36,6 +36,7 @@ class Config:
     class_names: list = field(default_factory=list)
     input_shape: list = field(default_factory=list)
     data_path: str = ""
+    cutout: dict = field(default_factory=dict)  # how the data's images were cut from raw cutouts (cutout.py)
 
     def save(self, path):
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")

@@ -6,19 +6,28 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from galaxy_class.data import dihedral, make_dataset
 
 
+def predict_views(model, images, tta=False):
+    """Class probabilities of each view of a uint8 batch, (views, b, K): the images as given, then with `tta`
+    their other 7 flips and rotations."""
+    return np.stack([np.asarray(model(dihedral(images, k), training=False)) for k in (range(8) if tta else [0])])
+
+
 def predict_proba(model, images, tta=False):
     """Class probabilities for a uint8 batch; with `tta`, the mean over the 8 flips and rotations."""
-    views = range(8) if tta else [0]
-    return np.mean([np.asarray(model(dihedral(images, k), training=False)) for k in views], axis=0)
+    return predict_views(model, images, tta).mean(axis=0)
 
 
-def predict_file(model, g, indices, batch_size=128, tta=False):
-    """Probabilities (n, K) and true labels (n,) for the images `indices` of a Galaxy10 file, streamed."""
-    probs, labels = [], []
+def predict_file(model, g, indices, batch_size=128, tta=False, first_view=False):
+    """Probabilities (n, K) and true labels (n,) for the images `indices` of a Galaxy10 file, streamed;
+    with `first_view`, also the probabilities of the unrotated images alone."""
+    probs, labels, first = [], [], []
     for images, y in make_dataset(g, indices, batch_size):
-        probs.append(predict_proba(model, images, tta=tta))
+        views = predict_views(model, images, tta=tta)
+        probs.append(views.mean(axis=0))
+        first.append(views[0])
         labels.append(np.asarray(y))
-    return np.concatenate(probs), np.concatenate(labels)
+    out = np.concatenate(probs), np.concatenate(labels)
+    return (*out, np.concatenate(first)) if first_view else out
 
 
 def metrics(labels, probs, class_names):
@@ -43,15 +52,21 @@ def metrics(labels, probs, class_names):
 
 def evaluate(model, g, indices, class_names, tta=False, batch_size=128):
     """Metrics of `model` on the images `indices` of the Galaxy10 file `g`."""
-    probs, labels = predict_file(model, g, indices, batch_size=batch_size, tta=tta)
-    return {**metrics(labels, probs, class_names), "tta": bool(tta)}
+    probs, labels, first = predict_file(model, g, indices, batch_size=batch_size, tta=tta, first_view=True)
+    one_view = metrics(labels, first, class_names)
+    return {**metrics(labels, probs, class_names), "tta": bool(tta),
+            "one_view": {"accuracy": one_view["accuracy"], "macro_f1": one_view["macro_f1"]}}
 
 
 def report(m):
     """A short text report of `metrics`: accuracy, macro-F1 and per-class scores."""
-    lines = [f"{m['n']} images{' (with 8-view TTA)' if m.get('tta') else ''}: "
-             f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}",
-             f"{'class':<32} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
+    views = "mean of 8 views (flips and rotations)" if m.get("tta") else "one view"
+    lines = [f"{m['n']} images, {views}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}"]
+    if m.get("tta") and "one_view" in m:
+        lines.append(f"{m['n']} images, one view: accuracy {m['one_view']['accuracy']:.3f}, "
+                     f"macro-F1 {m['one_view']['macro_f1']:.3f}")
+    lines += [
+        f"{'class (' + views.split(' (')[0] + ')':<32} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
     for name, s in m["per_class"].items():
         lines.append(f"{name:<32} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>6}")
     return "\n".join(lines)

@@ -16,7 +16,9 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.serving import make_server
 
-from galaxy_class.data import load_image, open_galaxy10, read_images
+from galaxy_class.data import open_galaxy10, read_images
+from galaxy_class import cutout
+from galaxy_class.images import read_rgb, run_recipe
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.evaluate import predict_proba
 from galaxy_class.gradcam import gradcam, overlay
@@ -43,6 +45,7 @@ class Classifier:
         self.run_dir = Path(run_dir)
         self.model, self.config, _ = load_run(run_dir)
         self.input_shape = tuple(self.config.input_shape)
+        self.recipe = run_recipe(self.config)
         self.samples = _sample_galaxies()
         self._lock = threading.Lock()
         # The first call traces the model: pay for it now rather than on the first visitor's upload.
@@ -57,6 +60,7 @@ class Classifier:
         return {"run": self.run_dir.name, "model": self.config.model, "class_names": list(self.config.class_names),
                 "test_accuracy": metrics.get("accuracy"), "test_images": metrics.get("n"),
                 "max_upload_bytes": MAX_UPLOAD_BYTES, "formats": list(FORMATS),
+                "stored_size": self.input_shape[0], "cutout": self.recipe.to_dict() if self.recipe else None,
                 "samples": [{"id": i, "label": label} for i, (_, label) in enumerate(self.samples)]}
 
     def classify(self, image):
@@ -77,25 +81,27 @@ class Classifier:
         return self.samples[i]
 
 
-def decode_upload(data, name, input_shape):
-    """An uploaded file's bytes as the model's uint8 input; GalaxyClassError (for the page) if no usable image."""
+def decode_upload(data, name, stored_size, recipe=None, crop_fraction=None):
+    """An uploaded file's bytes as the model's uint8 input and a note on how it was cut; GalaxyClassError (for
+    the page) if it is no usable image."""
     if not data:
         raise GalaxyClassError(f"{name}: the file is empty")
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind, (width, height) = image.format, image.size
-    except (OSError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise GalaxyClassError(f"{name}: too large (more than {MAX_PIXELS:,} pixels)") from None
+    except (OSError, ValueError):
         raise GalaxyClassError(f"{name}: not an image; upload a {' or '.join(FORMATS)} file") from None
     if kind not in FORMATS:
         raise GalaxyClassError(f"{name}: is a {kind} image; upload a {' or '.join(FORMATS)} file")
     if width * height > MAX_PIXELS:
         raise GalaxyClassError(f"{name}: {width}x{height} pixels is too large (at most {MAX_PIXELS:,} pixels)")
     try:
-        return load_image(io.BytesIO(data), input_shape)
+        image = read_rgb(io.BytesIO(data), name)
     except GalaxyClassError:
         raise GalaxyClassError(f"{name}: the {kind} file is damaged or truncated") from None
-    except (ValueError, SyntaxError, EOFError) as e:  # other errors PIL's decoders raise on malformed data
-        raise GalaxyClassError(f"{name}: the {kind} file is damaged ({e})") from None
+    return cutout.apply(image, stored_size, recipe, crop_fraction)
 
 
 def create_app(run_dir):
@@ -121,10 +127,12 @@ def create_app(run_dir):
             return _error("no file was sent (form field 'image')", 400)
         name = Path(upload.filename or "upload").name
         try:
-            image = decode_upload(upload.read(), name, classifier.input_shape)
+            crop_fraction = _crop_fraction(request.form.get("crop_fraction"))
+            image, note = decode_upload(upload.read(), name, classifier.input_shape[0], classifier.recipe,
+                                        crop_fraction)
         except GalaxyClassError as e:
             return _error(str(e), 400)
-        return jsonify({"name": name, **classifier.classify(image)})
+        return jsonify({"name": name, "preprocessing": note, **classifier.classify(image)})
 
     @app.get("/samples/<int:i>.png")
     def sample_image(i):
@@ -134,8 +142,9 @@ def create_app(run_dir):
     @app.get("/api/samples/<int:i>")
     def classify_sample(i):
         png, label = classifier.sample(i)
-        image = decode_upload(png, f"sample {i}", classifier.input_shape)
-        return jsonify({"name": f"sample galaxy {i}", "label": label, **classifier.classify(image)})
+        image, note = decode_upload(png, f"sample {i}", classifier.input_shape[0], classifier.recipe)
+        return jsonify({"name": f"sample galaxy {i}", "label": label, "preprocessing": note,
+                        **classifier.classify(image)})
 
     @app.errorhandler(HTTPException)
     def http_error(e):
@@ -191,6 +200,13 @@ def _png(image):
 
 def _data_url(image):
     return "data:image/png;base64," + base64.b64encode(_png(image)).decode("ascii")
+
+
+def _crop_fraction(value):
+    """The page's crop-fraction field: empty or "auto" for the run's recipe, else a number in (0, 1]."""
+    if value in (None, "", "auto"):
+        return None
+    return cutout.parse_crop_fraction(value)
 
 
 def _error(message, code):

@@ -1,9 +1,11 @@
 """Two-stage training (new head, then fine-tuning) into a run folder that survives being killed."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -12,6 +14,7 @@ import tensorflow as tf
 
 from galaxy_class import evaluate
 from galaxy_class.config import Config, run_config
+from galaxy_class.cutout import read_recipe
 from galaxy_class.data import load_split, make_dataset, open_galaxy10, save_split, split_indices
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.models import base_model, build_model
@@ -59,12 +62,18 @@ def prepare_run(config, run_dir, overwrite=False):
     if run_dir.exists() and not run_dir.is_dir():
         raise GalaxyClassError(f"{run_dir}: exists and is not a folder")
     if state == "finished" and not overwrite:
-        raise GalaxyClassError(f"{run_dir}: holds a finished run; pass --overwrite to replace it, or choose another --out")
+        differences = settings_differences(Config.load(run_dir / "config.json"), config)
+        if differences:
+            raise GalaxyClassError(
+                f"{run_dir}: holds a finished run with other settings ({'; '.join(differences)}); replace it with "
+                f"overwrite=True (notebook) or --overwrite (command line), or choose another folder")
     if overwrite:
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
         state = "new"
+    if state == "finished" and not overwrite:
+        return None, None, None
     if state == "unfinished":
         config = Config.load(run_dir / "config.json")
         print(f"Continuing the run in {run_dir} with its saved settings (config.json).")
@@ -75,7 +84,9 @@ def prepare_run(config, run_dir, overwrite=False):
     split = split_indices(g.labels, seed=config.seed,
                           fractions=(1 - config.val_fraction - config.test_fraction,
                                      config.val_fraction, config.test_fraction))
-    config = config.replace(class_names=list(g.class_names), input_shape=list(g.image_shape), data_path=str(g.path))
+    recipe = read_recipe(g.path, g.source, g.image_shape[0])
+    config = config.replace(class_names=list(g.class_names), input_shape=list(g.image_shape), data_path=str(g.path),
+                            cutout=recipe.to_dict() if recipe else {})
     run_dir.mkdir(parents=True, exist_ok=True)
     save_split(split, run_dir / "split.npz")
     config.save(run_dir / "config.json")  # last: its presence marks a run that can resume
@@ -89,6 +100,11 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     """
     run_dir = Path(run_dir)
     config, g, split = prepare_run(config, run_dir, overwrite)
+    if config is None:
+        if verbose:
+            print(f"{run_dir} holds a finished run with these settings: loaded, not retrained "
+                  f"(overwrite=True or --overwrite retrains).")
+        return json.loads((run_dir / "metrics.json").read_text())
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or choose_strategy()
     batch = config.batch_size * strategy.num_replicas_in_sync
@@ -125,8 +141,9 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
             model.compile(optimizer=keras.optimizers.Adam(lr),
                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                           metrics=["accuracy"])
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, verbose=verbose,
-                  shuffle=False, callbacks=[*stage_callbacks(run_dir, stage, config.patience), *callbacks])
+        log = [EpochLine(stage, epochs)] if verbose else []
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, verbose=0,
+                  shuffle=False, callbacks=[*stage_callbacks(run_dir, stage, config.patience), *log, *callbacks])
         best = run_dir / f"best_{stage}.weights.h5"
         if best.exists():
             model.load_weights(best)
@@ -144,6 +161,36 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # BackupAndRestore leaves its empty folders
     _atomic(lambda p: Path(p).write_text(json.dumps(metrics, indent=1) + "\n"), run_dir / "metrics.json")
     return metrics
+
+
+# Settings derived from the data when a run starts, not chosen by the user.
+DERIVED = ("class_names", "input_shape", "data_path", "cutout")
+
+
+def settings_differences(saved, requested):
+    """The chosen settings in which two configs differ, as "name: saved -> requested" strings."""
+    return [f"{f}: {getattr(saved, f)!r} -> {getattr(requested, f)!r}"
+            for f in (f.name for f in dataclasses.fields(Config)) if f not in DERIVED
+            and getattr(saved, f) != getattr(requested, f)]
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One compact line per epoch: the stage, the epoch, its time, and the losses and one-view accuracies."""
+
+    def __init__(self, stage, epochs):
+        super().__init__()
+        self.name = {"stage1": "head", "stage2": "fine-tune"}[stage]
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        print(f"{self.name} epoch {epoch + 1:>2}/{self.epochs}  {time.perf_counter() - self.start:5.1f} s  "
+              f"loss {logs.get('loss', float('nan')):.3f}  accuracy {logs.get('accuracy', float('nan')):.3f}  "
+              f"val_loss {logs.get('val_loss', float('nan')):.3f}  "
+              f"val_accuracy {logs.get('val_accuracy', float('nan')):.3f}", flush=True)
 
 
 def set_trainable(model, stage, pretrained, fine_tune_layers=0):

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DEV = ROOT.parent / "shared" / "data" / "gz1_sdss_dev.h5"
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights"
+SHARED_JPEGS = ROOT.parent / "shared" / "data" / "gz1_sdss_dev_jpeg"
 SAMPLE = ROOT / "data" / "gz1_sdss_sample.h5"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,6 +29,14 @@ def dev_file():
     if not SHARED_DEV.exists():
         pytest.skip(f"{SHARED_DEV} is absent (only in the project's workspace, not in a user's clone)")
     return SHARED_DEV
+
+
+@pytest.fixture(scope="session")
+def dev_jpegs():
+    """The folder of original 423x423 JPEG cutouts of 120 dev-file galaxies, with labels.csv."""
+    if not SHARED_JPEGS.exists():
+        pytest.skip(f"{SHARED_JPEGS} is absent (only in the project's workspace, not in a user's clone)")
+    return SHARED_JPEGS
 
 
 @pytest.fixture(scope="session")
@@ -60,4 +69,14 @@ def tiny_run(tmp_path_factory, tiny_config):
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config, run, verbose=0)
+    return run
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory, tiny_config):
+    """A run whose predictions vary from image to image: ImageNet MobileNet features, a head trained two steps."""
+    from galaxy_class.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "pretrained"
+    train(tiny_config.replace(weights="imagenet", image_size=64, fine_tune_epochs=0), run, verbose=0)
     return run

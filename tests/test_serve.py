@@ -3,6 +3,7 @@
 `python tests/test_serve.py RUN_DIR OUT.png` takes the README's screenshot with the same browser setup.
 """
 
+import base64
 import io
 import json
 import os
@@ -78,6 +79,39 @@ def test_upload_gets_the_same_probabilities_as_cli_predict(client, capsys, tiny_
     assert shown == pytest.approx(expected["probabilities"], abs=1e-6)
     assert len(result["overlays"]) == len(shown)
     assert all(url.startswith("data:image/png;base64,") for url in [result["image"], *result["overlays"]])
+
+
+def test_a_raw_cutout_is_cut_by_the_runs_recipe_as_predict_does(client, capsys, tiny_run, dev_jpegs):
+    jpeg = next(dev_jpegs.glob("*.jpeg"))
+    result = post(client, jpeg.read_bytes(), jpeg.name).get_json()
+    expected = cli_predict(capsys, tiny_run, jpeg)
+    assert "central 207 of 423 px" in result["preprocessing"] == expected["preprocessing"]
+    shown = {entry["class"]: entry["probability"] for entry in result["probabilities"]}
+    assert shown == pytest.approx(expected["probabilities"], abs=1e-6)
+    info = client.get("/api/info").get_json()
+    assert info["cutout"] == {"raw_size": 423, "crop": 207, "resample": "box"} and info["stored_size"] == 69
+
+
+def test_the_page_can_ask_for_another_crop(client, dev_jpegs):
+    jpeg = next(dev_jpegs.glob("*.jpeg")).read_bytes()
+
+    def classify(fraction):
+        return client.post("/api/classify", data={"image": (io.BytesIO(jpeg), "g.jpeg"), "crop_fraction": fraction},
+                           content_type="multipart/form-data")
+
+    whole, auto = classify("1").get_json(), classify("auto").get_json()
+    assert "as asked" in whole["preprocessing"] and whole["image"] != auto["image"]
+    refused = classify("2")
+    assert refused.status_code == 400 and "crop fraction" in refused.get_json()["error"]
+
+
+def test_a_sixteen_bit_png_is_classified_with_its_real_brightness(client, galaxy_png):
+    grey8 = np.asarray(Image.open(galaxy_png).convert("L"))
+    buffer = io.BytesIO()
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(buffer, format="PNG")
+    result = post(client, buffer.getvalue(), "deep.png").get_json()
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["image"].split(",")[1]))))
+    assert np.array_equal(shown[..., 0], grey8), "scaled to 8 bits, not clipped to white"
 
 
 def test_sample_galaxy_is_classified_with_its_label(client):

@@ -44,10 +44,18 @@ def test_save_then_load_gives_identical_predictions(tiny_run, sample_file, tmp_p
                                   np.asarray(keras.saving.load_model(tmp_path / "copy.keras")(images)))
 
 
-def test_finished_run_is_refused_and_left_untouched_without_overwrite(tiny_run, tiny_config):
+def test_a_finished_run_with_the_same_settings_is_loaded_not_retrained(tiny_run, tiny_config, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
-    with pytest.raises(GalaxyClassError, match="finished run"):
-        train(tiny_config, tiny_run, verbose=0)
+    metrics = train(tiny_config, tiny_run, verbose=1)
+    assert metrics == json.loads((tiny_run / "metrics.json").read_text())
+    assert "loaded, not retrained" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()} == before
+
+
+def test_a_finished_run_with_other_settings_is_refused_and_left_untouched(tiny_run, tiny_config):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
+    with pytest.raises(GalaxyClassError, match=r"finished run with other settings \(epochs: 1 -> 3\).*overwrite=True"):
+        train(tiny_config.replace(epochs=3), tiny_run, verbose=0)
     assert {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()} == before
 
 

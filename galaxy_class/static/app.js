@@ -2,6 +2,7 @@
 const $ = (id) => document.getElementById(id);
 let info = null;
 let current = null;
+let lastFile = null;
 
 function percent(p) { return (100 * p).toFixed(1) + "%"; }
 
@@ -22,6 +23,7 @@ function showResult(result) {
   $("top-class").dataset.classIndex = result.class_index;
   $("top-probability").textContent = percent(result.probability);
   $("source").textContent = result.name + (result.label ? ` (Galaxy Zoo label: ${result.label})` : "");
+  $("preprocessing").textContent = result.preprocessing ? `Cutting: ${result.preprocessing}.` : "";
   $("image").src = result.image;
   const bars = $("bars");
   bars.replaceChildren();
@@ -85,8 +87,10 @@ function upload(file) {
     fail(`${file.name}: the file is larger than ${info.max_upload_bytes / 2 ** 20} MB`);
     return;
   }
+  lastFile = file;
   const form = new FormData();
   form.append("image", file);
+  form.append("crop_fraction", $("crop-fraction").value || "auto");
   request("/api/classify", { method: "POST", body: form });
 }
 
@@ -96,6 +100,13 @@ async function start() {
     : `, test accuracy ${percent(info.test_accuracy)} on ${info.test_images} images`;
   $("model-info").textContent = `Run ${info.run}: ${info.model}, ${info.class_names.length} classes${accuracy}`;
   $("max-size").textContent = `${info.max_upload_bytes / 2 ** 20} MB`;
+  const recipe = info.cutout;
+  $("recipe").textContent = recipe
+    ? `auto: a ${recipe.raw_size} px survey cutout is cut to its central ${recipe.crop} px, as the training `
+      + `images were; a ${info.stored_size} px image is used as is; any other size keeps the same field of view `
+      + `(${(recipe.crop / recipe.raw_size).toFixed(3)}). Enter 1 to use the whole image.`
+    : "auto: this run records no cutout recipe, so the whole image is used.";
+  $("crop-fraction").addEventListener("change", () => { if (lastFile) upload(lastFile); });
   for (const sample of info.samples) {
     const button = document.createElement("button");
     button.type = "button";

@@ -1,0 +1,61 @@
+"""Image files (PNG, JPEG, ...) as the model's uint8 input: decoding every pixel format to 8-bit RGB, then the cutout recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from galaxy_class import cutout
+from galaxy_class.errors import GalaxyClassError
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB with the right brightness.
+
+    Greyscale is repeated in the three channels; transparency is laid over black (empty sky); 16-bit
+    images are scaled down, not clipped (PIL's convert("RGB") turns every 16-bit value above 255 white).
+    """
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"{image.mode} pixels outside 0..65535 (range {values.min()}..{values.max()})")
+        grey = np.round(values.astype(np.float64) / 257).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "F":
+        raise ValueError("floating-point pixels have no fixed brightness scale; save the image as 8- or 16-bit")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_rgb(source, name=None) -> Image.Image:
+    """The image in a file (a path or a binary file object) as 8-bit RGB; GalaxyClassError naming it if unusable."""
+    name = name or source
+    try:
+        with Image.open(source) as image:
+            image.load()
+            return to_rgb8(image)
+    except FileNotFoundError:
+        raise GalaxyClassError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise GalaxyClassError(f"{name}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise GalaxyClassError(f"{name}: not an image PIL can read (PNG, JPEG, ...)") from None
+    except Image.DecompressionBombError as e:
+        raise GalaxyClassError(f"{name}: too large to decode safely ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # what PIL's decoders raise on damaged data
+        raise GalaxyClassError(f"{name}: cannot read it as an image ({e})") from None
+
+
+def load_image(source, stored_size: int, recipe: cutout.CutoutRecipe | None = None,
+               crop_fraction: float | None = None, name=None) -> tuple[np.ndarray, str]:
+    """An image file as uint8 (stored_size, stored_size, 3) cut by the run's cutout recipe, and a note on what was done."""
+    return cutout.apply(read_rgb(source, name), stored_size, recipe, crop_fraction)
+
+
+def run_recipe(config) -> cutout.CutoutRecipe | None:
+    """The cutout recipe a run (its Config) was trained with; None for runs made before recipes were recorded."""
+    return cutout.CutoutRecipe.from_value(config.cutout, "config.json") if config.cutout else None
