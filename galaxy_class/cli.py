@@ -1,4 +1,4 @@
-"""`python -m galaxy_class` (or `galaxy-class`): inspect, train, evaluate, predict, export, serve."""
+"""`python -m galaxy_class` (or `galaxy-class`): inspect, make-dataset, train, evaluate, predict, export, serve."""
 
 import argparse
 import json
@@ -6,8 +6,6 @@ import os
 import sys
 import traceback
 from pathlib import Path
-
-import numpy as np
 
 from galaxy_class.config import run_config
 from galaxy_class.errors import GalaxyClassError
@@ -66,14 +64,14 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    from galaxy_class.images import load_image, run_recipe
+    from galaxy_class.images import load_images
 
     # Every image is read before a Keras model loads: a bad one is reported before TensorFlow's start-up lines.
     lite = _load(args.run_dir) if Path(args.run_dir).suffix == ".tflite" else None
     config = lite[1] if lite else run_config(args.run_dir)
-    prepared = [load_image(path, config.input_shape[0], run_recipe(config), args.crop_fraction) for path in args.images]
+    prepared = load_images(args.images, config, args.crop_fraction)
     model = (lite or _load(args.run_dir))[0]
-    from galaxy_class.evaluate import predict_proba
+    from galaxy_class.evaluate import classify
 
     notes = {}
     for path, (_, note) in zip(args.images, prepared):
@@ -81,13 +79,7 @@ def cmd_predict(args):
     for note, paths in notes.items():
         which = paths[0] if len(paths) == 1 else f"{len(paths)} images"
         print(f"note: {which}: {note}", file=sys.stderr)
-    images = np.stack([image for image, _ in prepared])
-    probs = np.concatenate([predict_proba(model, images[i:i + 64], tta=args.tta) for i in range(0, len(images), 64)])
-    results = []
-    for path, (_, note), p in zip(args.images, prepared, probs):
-        top = int(p.argmax())
-        results.append({"image": str(path), "class": config.class_names[top], "probability": float(p[top]),
-                        "probabilities": dict(zip(config.class_names, map(float, p))), "preprocessing": note})
+    results = classify(model, config.class_names, prepared, args.images, tta=args.tta)
     if args.json:
         print(json.dumps(results, indent=1))
         return

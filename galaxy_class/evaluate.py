@@ -30,6 +30,17 @@ def predict_file(model, g, indices, batch_size=128, tta=False, first_view=False)
     return (*out, np.concatenate(first)) if first_view else out
 
 
+def classify(model, class_names, prepared, names, tta=False, batch_size=64):
+    """One result per (image, note) of `images.load_images`: the top class and its probability, every class's
+    probability, and how the image was cut; `names` label the results (file names)."""
+    images = np.stack([image for image, _ in prepared])
+    probs = np.concatenate([predict_proba(model, images[i:i + batch_size], tta=tta)
+                            for i in range(0, len(images), batch_size)])
+    return [{"image": str(name), "class": class_names[int(p.argmax())], "probability": float(p.max()),
+             "probabilities": dict(zip(class_names, map(float, p))), "preprocessing": note}
+            for name, (_, note), p in zip(names, prepared, probs)]
+
+
 def metrics(labels, probs, class_names):
     """The numbers we report, as a JSON-ready dict."""
     pred = np.argmax(probs, axis=1)

@@ -56,6 +56,11 @@ def load_image(source, stored_size: int, recipe: cutout.CutoutRecipe | None = No
     return cutout.apply(read_rgb(source, name), stored_size, recipe, crop_fraction)
 
 
+def load_images(paths, config, crop_fraction=None) -> list[tuple[np.ndarray, str]]:
+    """(uint8 image, note on how it was cut) for each image file, as the model of the run with `config` expects."""
+    return [load_image(path, config.input_shape[0], run_recipe(config), crop_fraction) for path in paths]
+
+
 def run_recipe(config) -> cutout.CutoutRecipe | None:
     """The cutout recipe a run (its Config) was trained with; None for runs made before recipes were recorded."""
     return cutout.CutoutRecipe.from_value(config.cutout, "config.json") if config.cutout else None

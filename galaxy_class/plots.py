@@ -67,3 +67,31 @@ def class_counts_figure(class_names, counts, title="Images per class"):
         ax.text(c, y, f" {c}", va="center")
     ax.set(xlabel="images", title=title)
     return fig
+
+
+def cutouts_figure(raw_images, model_inputs, results, crop_fractions, labels=None, title=""):
+    """Raw survey cutouts with the square the model sees drawn on them, and below, what the model sees with its answer."""
+    from matplotlib.patches import Rectangle
+
+    n = len(raw_images)
+    fig = Figure(figsize=(2.2 * n, 4.8), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(2, n)).reshape(2, n)
+    for i, (raw, seen, result, fraction) in enumerate(zip(raw_images, model_inputs, results, crop_fractions)):
+        top, bottom = axes[:, i]
+        keep = min(raw.shape[:2]) * fraction
+        top.imshow(raw)
+        top.add_patch(Rectangle(((raw.shape[1] - keep) / 2, (raw.shape[0] - keep) / 2), keep, keep,
+                                fill=False, edgecolor="yellow", lw=1))
+        top.set_title(f"{raw.shape[1]}x{raw.shape[0]} px cutout", fontsize=8)
+        bottom.imshow(seen)
+        text = f"{result['class']} {result['probability']:.0%}"
+        colour = "black"
+        if labels is not None:
+            colour = "green" if labels[i] == result["class"] else "red"
+            text = f"true: {labels[i]}\npred: {text}"
+        bottom.set_title(text, fontsize=8, color=colour)
+        top.axis("off")
+        bottom.axis("off")
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -290,6 +290,23 @@ def test_page_in_chromium_identifies_an_upload_like_cli_predict(browser, app, ca
         assert Image.open(shot).size[0] >= 1000
 
 
+def test_page_in_chromium_says_how_a_raw_cutout_was_cut_and_lets_the_user_change_it(browser, app, dev_jpegs):
+    jpeg = next(dev_jpegs.glob("*.jpeg"))
+    with running(app) as url:
+        browser.get(url)
+        assert wait_for_state(browser, "ready") == "ready"
+        assert "central 207 px" in browser.find_element("id", "recipe").text
+        choose_file(browser, jpeg)
+        assert wait_for_state(browser, "done", "error") == "done"
+        assert "central 207 of 423 px" in browser.find_element("id", "preprocessing").text
+        cut = browser.find_element("id", "image").get_attribute("src")
+        browser.execute_script("document.body.dataset.state = 'waiting'")
+        browser.find_element("id", "crop-fraction").send_keys("1\t")  # change event: the same file again
+        assert wait_for_state(browser, "done", "error") == "done"
+        assert "central 1 of the image, as asked" in browser.find_element("id", "preprocessing").text
+        assert browser.find_element("id", "image").get_attribute("src") != cut
+
+
 def test_page_in_chromium_explains_bad_files_and_keeps_working(browser, app, tmp_path):
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("no galaxy here\n")
