@@ -7,8 +7,10 @@ run's own data also needs the run's split.npz, found beside the file or in the r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import statistics
@@ -76,16 +78,7 @@ def export_tflite(run_dir, quantize="int8", out=None, calibration_images=CALIBRA
                        target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
                        inference_input_type=tf.uint8, inference_output_type=tf.uint8)
     signature = [tf.TensorSpec((None, *config.input_shape), tf.uint8, name="image")]
-    with tempfile.TemporaryDirectory() as tmp:
-        converted = Path(tmp) / "model.tflite"
-        try:
-            model.export(converted, format="litert", input_signature=signature, verbose=False, **options)
-        except ValueError as e:
-            if "Unrecognized format" not in str(e):
-                raise
-            raise GalaxyClassError(f"{out}: export needs Keras 3.13 or newer (format='litert'); "
-                                   f"this is Keras {keras.__version__}") from None
-        content = converted.read_bytes()
+    content = to_tflite(model, signature, options)
     if quantize == "int8":
         content = integer_only_input(content)
     metadata = {
@@ -111,6 +104,38 @@ def export_tflite(run_dir, quantize="int8", out=None, calibration_images=CALIBRA
         print(parity_summary(report))
         print(f"Wrote {parity_path(out)}")
     return report
+
+
+def to_tflite(model, signature, options):
+    """The .tflite flatbuffer of `model`, converted with TFLiteConverter `options` by Keras' LiteRT exporter, or
+    where Keras has none (before 3.13) the way Keras 3.15's exporter does it."""
+    import keras
+    import tensorflow as tf
+
+    # Keras 3.13 prints the temporary file's path whatever `verbose` says, and needs it as a str (endswith).
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        converted = os.path.join(tmp, "model.tflite")
+        try:
+            model.export(converted, format="litert", input_signature=signature, verbose=False, **options)
+            return Path(converted).read_bytes()
+        except ValueError as e:
+            if "Unrecognized format" not in str(e):
+                raise
+        saved_model = os.path.join(tmp, "saved_model")
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=signature)
+        archive.write_out(saved_model)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        converter.experimental_enable_resource_variables = True
+        for name, value in options.items():
+            if name == "target_spec":
+                for spec_name, spec_value in value.items():
+                    setattr(converter.target_spec, spec_name, spec_value)
+            else:
+                setattr(converter, name, value)
+        return converter.convert()
 
 
 def calibration_set(g, train_indices, n, seed):
@@ -147,8 +172,11 @@ def graph_mode(model):
     """`model` called through a tf.function, i.e. with the numerics of `fit`, `predict` and the exported file."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec(model.input.shape, model.input.dtype)  # one trace for every batch size
-    call = tf.function(lambda images: model(images, training=False), input_signature=[spec])
+    listed = isinstance(model.input, list)  # [image] in some Keras versions (3.10)
+    image = model.input[0] if listed else model.input
+    spec = tf.TensorSpec(image.shape, image.dtype)  # one trace for every batch size
+    call = tf.function(lambda images: model([images] if listed else images, training=False),
+                       input_signature=[spec])
     return lambda images, training=False: call(images)
 
 
