@@ -64,6 +64,10 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
+    if args.data or args.out:
+        return _catalogue(args)
+    if not args.images:
+        raise GalaxyClassError("give image files to classify, or --data FILE.h5|FOLDER --out catalogue.csv")
     from galaxy_class.images import load_images
 
     # Every image is read before a Keras model loads: a bad one is reported before TensorFlow's start-up lines.
@@ -85,6 +89,21 @@ def cmd_predict(args):
         return
     for r in results:
         print(f"{r['image']}: {r['class']} ({r['probability']:.1%})")
+
+
+def _catalogue(args):
+    if not (args.data and args.out):
+        raise GalaxyClassError("a catalogue needs both --data (an HDF5 file or a folder of images) and --out")
+    if args.images:
+        raise GalaxyClassError("give either image files or --data, not both")
+    if not Path(args.data).exists():
+        raise GalaxyClassError(f"{args.data}: no such file or folder")
+    model, config, _ = _load(args.run_dir)
+    from galaxy_class.catalogue import write_catalogue
+
+    n = write_catalogue(model, config, args.data, args.out, tta=args.tta, batch_size=args.batch_size,
+                        overwrite=args.overwrite, progress=sys.stderr.isatty())
+    print(f"Wrote {args.out}: {n:,} galaxies")
 
 
 def cmd_serve(args):
@@ -176,9 +195,13 @@ def build_parser():
                    help="average over the 8 flips and rotations (default: as the run was configured)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", parents=[common], help="classify PNG or JPEG images with a trained run")
+    p = sub.add_parser("predict", parents=[common], help="classify image files, or every galaxy of a file or folder into a catalogue")
     p.add_argument("run_dir", type=Path, help="a run folder, or a .tflite file exported from one")
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="*", type=Path, help="image files; or --data and --out for a catalogue")
+    p.add_argument("--data", type=Path, help="a catalogue of every galaxy of this HDF5 file or folder of images")
+    p.add_argument("--out", type=Path, help="the catalogue to write: .csv, or .fits (needs astropy)")
+    p.add_argument("--batch-size", type=int, default=256, help="galaxies classified at a time (catalogues)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
     p.add_argument("--crop-fraction", type=_crop_fraction, metavar="F",

@@ -250,7 +250,7 @@ def compare_formats(run_dir, out_dir, threads=1, warmup=20, runs=200):
 
 def formats_table(rows):
     """The rows of `compare_formats` as a markdown table."""
-    lines = ["| model | format | size kB | x float | median ms | p95 ms | speed-up vs predict | accuracy | "
+    lines = ["| model | format | size kB | x float | median ms | p95 ms | speed-up vs predict | accuracy, one view | "
              "Δ points | macro-F1 |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

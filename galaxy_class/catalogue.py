@@ -1,0 +1,145 @@
+"""Survey-scale prediction: a catalogue with one row per galaxy of a Galaxy10-schema file or a folder of cutouts.
+
+Images are read and classified in batches, rows are appended to a `.part` file as they are done (so memory
+stays flat and an interrupted run picks up where it stopped), and the catalogue appears under its own name
+only when complete: CSV, or FITS through astropy.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from galaxy_class.data import open_galaxy10
+from galaxy_class.errors import GalaxyClassError
+from galaxy_class.images import load_images
+
+FORMATS = (".csv", ".fits")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def column(class_name: str) -> str:
+    """The probability column of a class: p_ and its name with anything but letters and digits as `_`."""
+    return "p_" + re.sub(r"\W+", "_", class_name).strip("_")
+
+
+class _FileSource:
+    """Batches of a Galaxy10-schema file in file order, with its per-galaxy columns (ra, dec, objid, ...)."""
+
+    def __init__(self, path):
+        self.g = open_galaxy10(Path(path))
+        with h5py.File(self.g.path, "r") as f:
+            self.columns = [key for key, item in f.items() if key not in ("images", "ans")
+                            and isinstance(item, h5py.Dataset) and item.shape == (self.g.n,)]
+        self.n = self.g.n
+
+    def names(self):
+        return ["index", *self.columns, "true_class"]
+
+    def batches(self, start, size, config):
+        with h5py.File(self.g.path, "r") as f:
+            for first in range(start, self.n, size):
+                last = min(first + size, self.n)
+                images = f["images"][first:last]
+                ids = {key: f[key][first:last] for key in self.columns}
+                rows = [[i, *(_plain(ids[key][i - first]) for key in self.columns),
+                         self.g.class_names[self.g.labels[i]]] for i in range(first, last)]
+                yield images, rows
+
+
+class _FolderSource:
+    """Batches of the image files of a folder, in name order, cut by the run's cutout recipe."""
+
+    def __init__(self, folder):
+        self.paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise GalaxyClassError(f"{folder}: no {', '.join(IMAGE_SUFFIXES)} files in it")
+        self.n = len(self.paths)
+
+    def names(self):
+        return ["file"]
+
+    def batches(self, start, size, config):
+        for first in range(start, self.n, size):
+            paths = self.paths[first:first + size]
+            yield np.stack([image for image, _ in load_images(paths, config)]), [[p.name] for p in paths]
+
+
+def write_catalogue(model, config, source, out, tta=False, batch_size=256, overwrite=False, progress=True):
+    """Classify every galaxy of `source` (a Galaxy10-schema file or a folder of image files) into the catalogue
+    `out` (.csv or .fits); returns the number of rows. A `.part` file left by an interrupted run is continued."""
+    from galaxy_class.evaluate import predict_views
+
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise GalaxyClassError(f"{out}: a catalogue is written as {' or '.join(FORMATS)}")
+    if out.exists() and not overwrite:
+        raise GalaxyClassError(f"{out}: already exists; remove it, pass --overwrite, or choose another --out")
+    if out.suffix.lower() == ".fits":
+        _astropy_table()  # fail before the work, not after it
+    source = Path(source)
+    if not source.exists():
+        raise GalaxyClassError(f"{source}: no such file or folder")
+    reader = _FolderSource(source) if source.is_dir() else _FileSource(source)
+    header = [*reader.names(), "predicted_class", "probability", *map(column, config.class_names)]
+    if tta:
+        header.append("tta_spread")
+    part = out.with_name(out.name + ".part")
+    done = _rows_done(part, header)
+    with open(part, "a", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        if done == 0:
+            f.truncate(0)
+            writer.writerow(header)
+        with tqdm(total=reader.n, initial=done, unit="galaxy", disable=not progress, desc=out.name) as bar:
+            for images, rows in reader.batches(done, batch_size, config):
+                views = predict_views(model, images, tta=tta)
+                probs = views.mean(axis=0)
+                top = probs.argmax(axis=1)
+                for i, row in enumerate(rows):
+                    extra = [f"{views[:, i, top[i]].std():.6f}"] if tta else []
+                    writer.writerow([*row, config.class_names[top[i]], f"{probs[i, top[i]]:.6f}",
+                                     *(f"{p:.6f}" for p in probs[i]), *extra])
+                f.flush()  # a kill loses at most the batch in flight
+                bar.update(len(rows))
+    if out.suffix.lower() == ".fits":
+        table = _astropy_table().read(part, format="ascii.csv")
+        tmp = out.with_name(f".{out.name}.tmp")
+        table.write(tmp, format="fits", overwrite=True)
+        os.replace(tmp, out)
+        part.unlink()
+    else:
+        os.replace(part, out)
+    return reader.n
+
+
+def _rows_done(part: Path, header) -> int:
+    """Rows already in a `.part` file written with the same columns; 0 if there is none (or another kind)."""
+    if not part.exists():
+        return 0
+    content = part.read_bytes()
+    complete = content[:content.rfind(b"\n") + 1]  # a last line without its newline was cut off mid-write
+    rows = list(csv.reader(complete.decode().splitlines()))
+    if not rows or rows[0] != header:
+        return 0
+    with open(part, "r+b") as f:
+        f.truncate(len(complete))
+    return len(rows) - 1
+
+
+def _plain(value):
+    return value.decode() if isinstance(value, bytes) else value.item() if hasattr(value, "item") else value
+
+
+def _astropy_table():
+    try:
+        from astropy.table import Table
+    except ImportError:
+        raise GalaxyClassError("writing FITS needs astropy (pip install astropy); or write a .csv catalogue") from None
+    return Table

@@ -1,0 +1,74 @@
+"""Catalogues: one row per galaxy, identifying columns kept, the same answers as predict, complete or resumed."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from galaxy_class import evaluate
+from galaxy_class.catalogue import column, write_catalogue
+from galaxy_class.cli import main
+from galaxy_class.data import open_galaxy10, read_images
+from galaxy_class.errors import GalaxyClassError
+from galaxy_class.evaluate import predict_proba
+from galaxy_class.train import load_run
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_file_catalogue_has_a_row_per_galaxy_with_its_ids_and_the_models_probabilities(pretrained_run, sample_file,
+                                                                                        tmp_path, capsys):
+    assert main(["predict", str(pretrained_run), "--data", str(sample_file), "--out", str(tmp_path / "cat.csv")]) == 0
+    assert "1,536 galaxies" in capsys.readouterr().out
+    table = rows(tmp_path / "cat.csv")
+    g = open_galaxy10(sample_file)
+    model, config, _ = load_run(pretrained_run)
+    assert len(table) == g.n and [int(r["index"]) for r in table] == list(range(g.n))
+    assert {"objid", "true_class", "predicted_class", "probability", *map(column, g.class_names)} <= set(table[0])
+    probs = predict_proba(model, read_images(g, range(0, g.n, 97)))
+    written = np.array([[float(table[i][column(c)]) for c in g.class_names] for i in range(0, g.n, 97)])
+    assert written == pytest.approx(probs, abs=1e-5)
+    assert [table[i]["predicted_class"] for i in range(0, g.n, 97)] == [g.class_names[k] for k in probs.argmax(1)]
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_folder_catalogue_cuts_raw_cutouts_as_predict_does(pretrained_run, tmp_path, capsys):
+    cutouts = sorted((ROOT / "data" / "cutouts").glob("*.jpeg"))
+    assert main(["predict", str(pretrained_run), *map(str, cutouts), "--json", "--tta"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(pretrained_run), "--data", str(ROOT / "data" / "cutouts"),
+                 "--out", str(tmp_path / "cat.fits"), "--tta"]) == 0
+    from astropy.table import Table
+
+    table = Table.read(tmp_path / "cat.fits")
+    assert list(table["file"]) == [p.name for p in cutouts]
+    assert list(table["predicted_class"]) == [r["class"] for r in expected]
+    assert np.all(np.asarray(table["tta_spread"]) >= 0)
+
+
+def test_an_interrupted_catalogue_resumes_and_an_existing_one_is_kept(pretrained_run, sample_file, tmp_path,
+                                                                      monkeypatch):
+    model, config, _ = load_run(pretrained_run)
+    whole = tmp_path / "whole.csv"
+    write_catalogue(model, config, sample_file, whole, batch_size=500, progress=False)
+    # A run killed after two batches and part of a line: the .part file holds 1,000 rows and a cut-off one.
+    lines = whole.read_text().splitlines(keepends=True)
+    out = tmp_path / "resumed.csv"
+    (tmp_path / "resumed.csv.part").write_text("".join(lines[:1001]) + lines[1001][:10])
+    classified, predict_views = [], evaluate.predict_views
+
+    def counting(model, images, tta=False):
+        classified.append(len(images))
+        return predict_views(model, images, tta)
+
+    monkeypatch.setattr(evaluate, "predict_views", counting)
+    write_catalogue(model, config, sample_file, out, batch_size=500, progress=False)
+    assert out.read_text() == whole.read_text()
+    assert sum(classified) == 536, "only the galaxies the first run had not written"
+    with pytest.raises(GalaxyClassError, match="already exists"):
+        write_catalogue(model, config, sample_file, out, progress=False)
