@@ -6,12 +6,16 @@ from matplotlib.figure import Figure
 
 
 def history_figure(history, title=""):
-    """Accuracy and loss, training and validation, across both stages; a line marks where fine-tuning began."""
+    """Accuracy and loss, training and validation, across both stages; lines mark where fine-tuning began
+    and where a killed or interrupted run was resumed."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, metric in zip(fig.subplots(1, 2), ["accuracy", "loss"]):
         ax.plot(epochs, history[metric], "o-", ms=3, label="training")
         ax.plot(epochs, history[f"val_{metric}"], "o-", ms=3, label="validation")
+        # Histories written before resumes were recorded have no resumed_at_epochs.
+        for i, done in enumerate(sorted(set(history.get("resumed_at_epochs", [])))):
+            ax.axvline(done + 0.5, color="tab:red", ls=":", label="_nolegend_" if i else "resumed")
         if history["epochs_stage2"] and history["epochs_stage1"]:
             ax.axvline(history["fine_tune_start_epoch"] + 0.5, color="grey", ls="--", label="fine-tuning starts")
         ax.set(xlabel="epoch", ylabel=metric, title=f"{title} {metric}".strip())
@@ -94,4 +98,25 @@ def cutouts_figure(raw_images, model_inputs, results, crop_fractions, labels=Non
         bottom.axis("off")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def reliability_figure(tables, title=""):
+    """Reliability diagrams: accuracy against confidence per bin, one panel per {label: calibration.reliability table}.
+
+    A calibrated model's bars follow the diagonal; bins that hold no galaxy are left empty.
+    """
+    fig = Figure(figsize=(4.6 * len(tables), 4.4), layout="constrained")
+    for ax, (label, table) in zip(np.atleast_1d(fig.subplots(1, len(tables))), tables.items()):
+        bins = len(table["count"])
+        edges = np.linspace(0, 1, bins + 1)
+        used = np.asarray(table["count"]) > 0
+        ax.bar(edges[:-1][used], np.asarray(table["accuracy"])[used], width=1 / bins, align="edge",
+               edgecolor="black", alpha=0.7, label="accuracy in the bin")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        ax.plot(np.asarray(table["confidence"])[used], np.asarray(table["accuracy"])[used], "o", color="C1",
+                ms=4, label="mean confidence in the bin")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy",
+               title=f"{title} {label}".strip())
+        ax.legend(loc="upper left", fontsize=8)
     return fig

@@ -1,4 +1,11 @@
-"""Two-stage training (new head, then fine-tuning) into a run folder that survives being killed."""
+"""Two-stage training (new head, then fine-tuning) into a run folder that survives being killed.
+
+A run killed at any moment and started again ends as it would have ended uninterrupted. After each
+epoch the stage's whole training state (weights, optimizer, random generators) is saved under backup/,
+then the epoch's row is added to history_<stage>.csv; both writes replace files atomically, and the row
+commits the epoch. On a restart the rows alone tell which epochs are done, which one was the best, and
+whether early stopping had already ended the stage: nothing that matters lives only in a process.
+"""
 
 import csv
 import dataclasses
@@ -20,10 +27,11 @@ from galaxy_class.errors import GalaxyClassError
 from galaxy_class.models import base_model, build_model
 
 STAGES = ("stage1", "stage2")
-# Everything a run writes; --overwrite removes exactly these, never anything else in the folder.
+# Everything a run writes besides backup/; --overwrite removes exactly these, never anything else in the folder.
 RUN_FILES = ["config.json", "split.npz", "model.keras", "history.json", "metrics.json",
-             *[f"{prefix}{s}{suffix}" for s in STAGES
-               for prefix, suffix in [("history_", ".csv"), ("", ".weights.h5"), ("best_", ".weights.h5")]]]
+             *[f"history_{s}.csv" for s in STAGES]]
+# What earlier versions kept beside backup/ in an unfinished run; --overwrite removes them too.
+OLD_RUN_FILES = [f"{prefix}{s}.weights.h5" for s in STAGES for prefix in ("", "best_")]
 
 
 def run_state(run_dir):
@@ -68,8 +76,9 @@ def prepare_run(config, run_dir, overwrite=False):
                 f"{run_dir}: holds a finished run with other settings ({'; '.join(differences)}); replace it with "
                 f"overwrite=True (notebook) or --overwrite (command line), or choose another folder")
     if overwrite:
-        for name in RUN_FILES:
+        for name in [*RUN_FILES, *OLD_RUN_FILES]:
             (run_dir / name).unlink(missing_ok=True)
+            _temporary(run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
         state = "new"
     if state == "finished" and not overwrite:
@@ -89,7 +98,7 @@ def prepare_run(config, run_dir, overwrite=False):
                             cutout=recipe.to_dict() if recipe else {})
     run_dir.mkdir(parents=True, exist_ok=True)
     save_split(split, run_dir / "split.npz")
-    config.save(run_dir / "config.json")  # last: its presence marks a run that can resume
+    _atomic(config.save, run_dir / "config.json")  # last: its presence marks a run that can resume
     return config, g, split
 
 
@@ -99,21 +108,49 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     `stop_after="stage1"` returns None once stage 1 is done; calling again continues the same run.
     """
     run_dir = Path(run_dir)
+    resuming = run_state(run_dir) == "unfinished" and not overwrite
     config, g, split = prepare_run(config, run_dir, overwrite)
     if config is None:
         if verbose:
             print(f"{run_dir} holds a finished run with these settings: loaded, not retrained "
                   f"(overwrite=True or --overwrite retrains).")
         return json.loads((run_dir / "metrics.json").read_text())
+    for name in RUN_FILES:  # what a kill left half-written
+        _temporary(run_dir / name).unlink(missing_ok=True)
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or choose_strategy()
+    if (run_dir / "model.keras").exists():  # trained: killed after writing the model, while evaluating
+        model = keras.saving.load_model(run_dir / "model.keras")
+    else:
+        model = fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose, stop_after)
+        if model is None:
+            return None
+        history = {**read_history(run_dir), "replicas": strategy.num_replicas_in_sync,
+                   "global_batch_size": config.batch_size * strategy.num_replicas_in_sync}
+        _atomic(lambda p: Path(p).write_text(json.dumps(history, indent=1) + "\n"), run_dir / "history.json")
+        _atomic(model.save, run_dir / "model.keras")  # from here on only the evaluation is left
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    metrics = evaluate.evaluate(model, g, split["test"], config.class_names, tta=config.tta)
+    metrics["split"] = "test"
+    _atomic(lambda p: Path(p).write_text(json.dumps(metrics, indent=1) + "\n"), run_dir / "metrics.json")
+    return metrics
+
+
+def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose, stop_after):
+    """Run (or finish) both stages; returns the model with the best weights of the last stage, or None
+    when it stopped after `stop_after`."""
     batch = config.batch_size * strategy.num_replicas_in_sync
     num_classes = len(config.class_names)
+    done = {s: _read_csv(run_dir / f"history_{s}.csv") for s in STAGES}
+    epochs_done = sum(map(len, done.values()))
+    if note_start(run_dir, epochs_done, resuming) and verbose:
+        print(f"Resumed after {len(done['stage1'])} head and {len(done['stage2'])} fine-tuning epochs; "
+              f"it goes on as if never interrupted (history.json records where).")
 
     def one_hot(images, labels):
         return images, tf.one_hot(labels, num_classes)
 
-    epochs_done = sum(len(_read_csv(run_dir / f"history_{s}.csv")) for s in STAGES)
+    # Pass e over the training data is shuffled by (seed, e) counted over both stages, resumed or not.
     train_ds = make_dataset(g, split["train"], batch, shuffle=True, augment=config.augment, seed=config.seed,
                             first_epoch=epochs_done)
     val_ds = make_dataset(g, split["val"], batch)
@@ -130,37 +167,30 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     stages = [("stage1", config.epochs, config.learning_rate),
               ("stage2", config.fine_tune_epochs, config.fine_tune_learning_rate)]
     for stage, epochs, lr in stages:
-        done = run_dir / f"{stage}.weights.h5"
-        if done.exists():  # finished before the run was interrupted
-            model.load_weights(done)
-            continue
-        if epochs == 0:
-            continue
+        log, folder = run_dir / f"history_{stage}.csv", run_dir / "backup" / stage
+        rows = _read_csv(log)
+        if epochs and not stage_over(rows, epochs, config.patience):
+            with strategy.scope():
+                set_trainable(model, stage, pretrained, config.fine_tune_layers)
+                model.compile(optimizer=keras.optimizers.Adam(lr),
+                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                              metrics=["accuracy"])
+                if rows:  # killed during this stage: go on from its last committed epoch
+                    model.optimizer.build(model.trainable_variables)
+                    load_state(model, _state_file(folder, len(rows), log))
+            lines = [EpochLine(stage, epochs)] if verbose else []
+            # Not Keras' BackupAndRestore: the epoch it restores stays set on the model for every later fit,
+            # so a run resumed in stage 1 skipped that many epochs of stage 2.
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=len(rows),
+                      class_weight=weights, verbose=0, shuffle=False,
+                      callbacks=[StageCheckpoint(folder, log, config.patience), *lines, *callbacks])
+            rows = _read_csv(log)
         with strategy.scope():
-            set_trainable(model, stage, pretrained, config.fine_tune_layers)
-            model.compile(optimizer=keras.optimizers.Adam(lr),
-                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                          metrics=["accuracy"])
-        log = [EpochLine(stage, epochs)] if verbose else []
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, verbose=0,
-                  shuffle=False, callbacks=[*stage_callbacks(run_dir, stage, config.patience), *log, *callbacks])
-        best = run_dir / f"best_{stage}.weights.h5"
-        if best.exists():
-            model.load_weights(best)
-        _atomic(model.save_weights, done)
+            end_stage(model, folder, log, rows)
         if stage == stop_after:
+            note_pause(run_dir, sum(len(_read_csv(run_dir / f"history_{s}.csv")) for s in STAGES))
             return None
-
-    history = {**read_history(run_dir), "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch}
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    _atomic(model.save, run_dir / "model.keras")
-    metrics = evaluate.evaluate(model, g, split["test"], config.class_names, tta=config.tta)
-    metrics["split"] = "test"
-    for name in [*[f"{s}.weights.h5" for s in STAGES], *[f"best_{s}.weights.h5" for s in STAGES]]:
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # BackupAndRestore leaves its empty folders
-    _atomic(lambda p: Path(p).write_text(json.dumps(metrics, indent=1) + "\n"), run_dir / "metrics.json")
-    return metrics
+    return model
 
 
 # Settings derived from the data when a run starts, not chosen by the user.
@@ -202,23 +232,145 @@ def set_trainable(model, stage, pretrained, fine_tune_layers=0):
             layer.trainable = False
 
 
-def stage_callbacks(run_dir, stage, patience):
-    """Resume after a kill, log every epoch, keep the best validation weights, stop when it stops improving."""
-    log = run_dir / f"history_{stage}.csv"
-    done = _read_csv(log)
-    best_so_far = min((row["val_loss"] for row in done), default=None)
-    return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / stage)),
-        keras.callbacks.CSVLogger(str(log), append=True),
-        keras.callbacks.ModelCheckpoint(str(run_dir / f"best_{stage}.weights.h5"), monitor="val_loss",
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best_so_far),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
-    ]
+class StageCheckpoint(keras.callbacks.Callback):
+    """After each epoch: save the training state, commit the epoch's row to the log, stop early when due."""
+
+    def __init__(self, folder, log, patience):
+        super().__init__()
+        self.folder, self.log, self.patience = Path(folder), Path(log), patience
+
+    def on_train_begin(self, logs=None):
+        self.rows = _read_csv(self.log)
+        _keep_states(self.folder, self.rows)  # drop what a kill left behind
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        save_state(self.model, self.folder / f"epoch-{len(self.rows)}.npz")
+        _write_csv(self.log, self.rows)  # the commit: a kill before this replays the epoch
+        _keep_states(self.folder, self.rows)
+        if early_stopped(self.rows, self.patience):
+            self.model.stop_training = True
+
+
+def early_stopped(rows, patience):
+    """Whether Keras' EarlyStopping on val_loss would have stopped after these epochs, counting its patience
+    over all of them, however many processes ran them."""
+    best, wait = None, 0
+    for epoch, row in enumerate(rows):
+        wait += 1
+        if _improves(row["val_loss"], best):
+            best, wait = row["val_loss"], 0
+        elif wait >= patience and epoch > 0:
+            return True
+    return False
+
+
+def best_epoch(rows):
+    """How many epochs had run when Keras' ModelCheckpoint(save_best_only) last saved; None for no epochs."""
+    best, count = None, None
+    for epoch, row in enumerate(rows):
+        if _improves(row["val_loss"], best):
+            best, count = row["val_loss"], epoch + 1
+    return count
+
+
+def _improves(loss, best):
+    """Keras' rule: the first epoch always improves (even a NaN loss), later ones only by being lower."""
+    return best is None or loss < best
+
+
+def stage_over(rows, epochs, patience):
+    """Whether a stage with these epochs logged has nothing left to run."""
+    return len(rows) >= epochs or early_stopped(rows, patience)
+
+
+def end_stage(model, folder, log, rows):
+    """Load the stage's last state (seeds included) and then its best weights: the same after a fit or a kill."""
+    if not rows:
+        return
+    load_state(model, _state_file(folder, len(rows), log), parts=("weights", "seeds"))
+    best = best_epoch(rows)
+    if best != len(rows):
+        load_state(model, _state_file(folder, best, log), parts=("weights",))
+
+
+def _state_variables(model):
+    """The variables that make up a training state: weights, the random generators' seeds, the optimizer's."""
+    weights = model.weights
+    ids = {id(w) for w in weights}
+    return {"weights": weights, "seeds": [v for v in model.variables if id(v) not in ids],
+            "optimizer": model.optimizer.variables if getattr(model, "optimizer", None) else []}
+
+
+def save_state(model, path):
+    """Everything needed to go on training `model` as if never stopped, written atomically."""
+    arrays = {f"{part}{i}": np.asarray(v) for part, variables in _state_variables(model).items()
+              for i, v in enumerate(variables)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(lambda p: np.savez(p, **arrays), path)
+
+
+def load_state(model, path, parts=("weights", "seeds", "optimizer")):
+    """Assign the `parts` of a state saved by `save_state` to `model`'s variables."""
+    with np.load(path) as saved:
+        for part in parts:
+            variables = _state_variables(model)[part]
+            if sum(k.startswith(part) for k in saved.files) != len(variables):
+                raise GalaxyClassError(f"{path}: a saved training state of another model; retrain with "
+                                       f"overwrite=True or --overwrite")
+            for i, v in enumerate(variables):
+                v.assign(saved[f"{part}{i}"])
+
+
+def _state_file(folder, epochs, log):
+    """The saved state after `epochs` epochs of a stage, which its log says must exist."""
+    path = Path(folder) / f"epoch-{epochs}.npz"
+    if not path.exists():
+        raise GalaxyClassError(f"{path}: missing, so the {epochs} epochs in {log} cannot be continued (a run "
+                               f"from an earlier version?); retrain with overwrite=True or --overwrite")
+    return path
+
+
+def _keep_states(folder, rows):
+    """Delete the saved states no longer needed: all but the last committed epoch's and the best one's."""
+    keep = {f"epoch-{n}.npz" for n in (len(rows), best_epoch(rows)) if n}
+    for path in Path(folder).glob("*"):
+        if path.name not in keep:
+            path.unlink()
+
+
+def note_start(run_dir, epochs_done, resuming):
+    """Record where a resumed run started again, unless the last call stopped there on purpose (stop_after);
+    True if it did."""
+    notes = _read_notes(run_dir)
+    resumed = resuming and notes["paused_at_epoch"] != epochs_done
+    if resumed:
+        notes["resumed_at_epochs"].append(epochs_done)
+    _write_notes(run_dir, {**notes, "paused_at_epoch": None})
+    return resumed
+
+
+def note_pause(run_dir, epochs_done):
+    """Record that the run stopped here on purpose, so that going on from here is no resume."""
+
+    notes = _read_notes(run_dir)
+    _write_notes(run_dir, {**notes, "paused_at_epoch": epochs_done})
+
+
+def _read_notes(run_dir):
+    path = Path(run_dir) / "backup" / "resumes.json"
+    return json.loads(path.read_text()) if path.exists() else {"resumed_at_epochs": [], "paused_at_epoch": None}
+
+
+def _write_notes(run_dir, notes):
+    path = Path(run_dir) / "backup" / "resumes.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(lambda p: Path(p).write_text(json.dumps(notes) + "\n"), path)
 
 
 def read_history(run_dir):
-    """Both stages' per-epoch metrics, one list per metric, and the epoch where fine-tuning began."""
+    """Both stages' per-epoch metrics, one list per metric, the epoch where fine-tuning began, and the
+    epochs after which a killed or interrupted run was resumed."""
     rows = {s: _read_csv(Path(run_dir) / f"history_{s}.csv") for s in STAGES}
     all_rows = rows["stage1"] + rows["stage2"]
     keys = [k for k in (all_rows[0] if all_rows else {}) if k != "epoch"]
@@ -226,24 +378,41 @@ def read_history(run_dir):
         "epochs_stage1": len(rows["stage1"]),
         "epochs_stage2": len(rows["stage2"]),
         "fine_tune_start_epoch": len(rows["stage1"]),
+        "resumed_at_epochs": _read_notes(run_dir)["resumed_at_epochs"],
         **{k: [r[k] for r in all_rows] for k in keys},
     }
 
 
 def _read_csv(path):
-    """CSVLogger rows by epoch; a row logged twice around a kill counts once (the later one)."""
+    """The logged epochs' metrics, one dict of floats per epoch (the learning rate left out)."""
     if not Path(path).exists():
         return []
     with open(path) as f:
-        by_epoch = {int(r["epoch"]): {k: float(v) for k, v in r.items() if k != "learning_rate"}
-                    for r in csv.DictReader(f) if r.get("epoch") not in (None, "epoch")}
-    return [by_epoch[e] for e in sorted(by_epoch)]
+        return [{k: float(v) for k, v in r.items() if k not in ("epoch", "learning_rate")} for r in csv.DictReader(f)]
+
+
+def _write_csv(path, rows):
+    """The log as Keras' CSVLogger writes it, epoch first; replaced atomically."""
+    keys = sorted(rows[0])
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", *keys])
+            writer.writerows([epoch, *(row[k] for k in keys)] for epoch, row in enumerate(rows))
+
+    _atomic(write, path)
+
+
+def _temporary(path):
+    """Where `_atomic` writes `path` first (the same suffix, so savers that check it accept it)."""
+    path = Path(path)
+    return path.with_name(path.name.replace(".", ".tmp.", 1))
 
 
 def _atomic(save, path):
     """Write through `save(tmp)` then rename, so a kill never leaves a half-written file that looks done."""
-    path = Path(path)
-    tmp = path.with_name(path.name.replace(".", ".tmp.", 1))
+    tmp = _temporary(path)
     save(str(tmp))
     os.replace(tmp, path)
 

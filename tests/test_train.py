@@ -24,6 +24,7 @@ def test_run_folder_holds_model_settings_split_history_and_metrics(tiny_run, sam
     assert config["input_shape"] == list(g.image_shape)
     history = json.loads((tiny_run / "history.json").read_text())
     assert (history["epochs_stage1"], history["epochs_stage2"], history["fine_tune_start_epoch"]) == (1, 1, 1)
+    assert history["resumed_at_epochs"] == [], "never resumed"
     assert len(history["val_accuracy"]) == len(history["loss"]) == 2
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     _, _, split = load_run(tiny_run)
@@ -83,6 +84,7 @@ def test_killed_run_resumes_where_it_stopped_and_ends_with_the_same_epochs(tmp_p
     assert counter.epochs == 1, "only the last fine-tuning epoch was left to run"
     history = json.loads((run / "history.json").read_text())
     assert (history["epochs_stage1"], history["epochs_stage2"]) == (2, 3)
+    assert history["resumed_at_epochs"] == [4], "resumed after 4 epochs"
     assert len(history["loss"]) == 5 and json.loads((run / "config.json").read_text())["seed"] == 0
 
     uninterrupted = tmp_path / "uninterrupted"
@@ -138,8 +140,9 @@ def test_training_runs_under_mirrored_strategy_on_two_logical_cpus(tmp_path, tin
 def test_stop_after_stage1_then_continue_finishes_the_same_run(tmp_path, tiny_config):
     run = tmp_path / "run"
     assert train(tiny_config, run, verbose=0, stop_after="stage1") is None
-    assert run_state(run) == "unfinished" and (run / "stage1.weights.h5").is_file()
+    assert run_state(run) == "unfinished" and len((run / "history_stage1.csv").read_text().splitlines()) == 2
     counter = KillAfter(0)
     metrics = train(tiny_config, run, verbose=0, callbacks=[counter])
     assert counter.epochs == tiny_config.fine_tune_epochs and run_state(run) == "finished"
     assert metrics == json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "history.json").read_text())["resumed_at_epochs"] == [], "a pause is not a resume"

@@ -1,0 +1,47 @@
+"""Temperature scaling: it finds the temperature that made probabilities over-confident, keeps every answer, and
+the model itself carries it."""
+
+import numpy as np
+import pytest
+
+from galaxy_class import calibration
+from galaxy_class.evaluate import predict_proba
+from galaxy_class.models import build_model
+
+
+def calibrated_sample(n=20_000, k=4, seed=0):
+    """Labels drawn from softmax(logits): probabilities that are right by construction."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, k))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(k, p=p) for p in probs])
+    return probs, labels
+
+
+def test_the_fitted_temperature_undoes_overconfidence():
+    probs, labels = calibrated_sample()
+    overconfident = calibration.with_temperature(probs, 1 / 2.5)  # logits multiplied by 2.5
+    temperature = calibration.fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(2.5, rel=0.05)
+    fixed = calibration.with_temperature(overconfident, temperature)
+    assert np.array_equal(fixed.argmax(1), overconfident.argmax(1)), "no answer changes"
+    before, after = calibration.scores(overconfident, labels), calibration.scores(fixed, labels)
+    assert before["ece"] > 0.1 and after["ece"] < 0.02
+    assert after["log_loss"] < before["log_loss"] and after["brier"] < before["brier"]
+
+
+def test_scores_of_right_probabilities_are_near_perfect_calibration():
+    probs, labels = calibrated_sample(seed=1)
+    table = calibration.reliability(probs, labels)
+    assert sum(table["count"]) == len(labels)
+    assert calibration.scores(probs, labels)["ece"] < 0.015
+    onehot = np.eye(4)[labels]
+    assert calibration.scores(onehot, labels) == pytest.approx({"ece": 0.0, "brier": 0.0, "log_loss": 0.0}, abs=1e-6)
+
+
+def test_the_temperature_lives_in_the_model():
+    model = build_model("squeezenet", 4, (32, 32, 3), image_size=32, weights="none")
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    before = predict_proba(model, images)
+    calibration.apply_temperature(model, 3.0)
+    assert predict_proba(model, images) == pytest.approx(calibration.with_temperature(before, 3.0), abs=1e-5)
