@@ -1,34 +1,68 @@
 """`python -m galaxy_class serve RUN_DIR`: a local web page that classifies a galaxy image and shows its Grad-CAM.
 
-Flask serves one static page (static/) and a small JSON API; uploads are decoded in memory, never saved.
+Flask serves one static page (static/) and a small JSON API; waitress serves Flask with a fixed pool of
+threads. Uploads are decoded in memory, never saved, a few at a time and no larger than the model needs.
+Only requests that name this server in their Host header and come from its own page are answered.
 """
 
 import base64
+import ctypes
 import io
+import ipaddress
 import json
+import math
 import socket
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from flask import Flask, Request, jsonify, request
-from PIL import Image
-from werkzeug.exceptions import HTTPException, NotFound
-from werkzeug.serving import make_server
+from PIL import Image, UnidentifiedImageError
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import create_server
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from werkzeug.exceptions import (BadRequest, Forbidden, HTTPException, NotFound, RequestEntityTooLarge,
+                                 RequestURITooLarge)
 
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class import cutout
-from galaxy_class.images import read_rgb, run_recipe
+from galaxy_class.images import run_recipe, to_rgb8
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.evaluate import predict_proba
 from galaxy_class.gradcam import gradcam, overlay
 from galaxy_class.train import load_run
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-# Far above any survey cutout; a small file that claims more pixels (a "decompression bomb") is refused unread.
-MAX_PIXELS = 25_000_000
+FORM_OVERHEAD_BYTES = 64 * 1024  # the multipart framing and the crop-fraction field around the file
+# Survey cutouts are at most a few thousand pixels across. A small file that claims more pixels (a
+# "decompression bomb") is refused before its pixels are read.
+MAX_PIXELS = 4096 * 4096
+# A larger JPEG (a camera's 24 MP photo) is decoded at 1/2, 1/4 or 1/8 scale by libjpeg when the model needs
+# few enough of its pixels; its header alone tells how large it is.
+MAX_JPEG_PIXELS = 25_000_000
+# ... but never to fewer than 4 times the pixels across that the model keeps: images up to 8 times that size
+# (under 1,130 px for the SDSS cutout recipe) are decoded whole, exactly as `predict` decodes them.
+JPEG_DRAFT_MARGIN = 4
+DECODES_AT_ONCE = 2  # each decode may briefly hold a few hundred MB; more at once would not be faster on a few cores
 FORMATS = ("PNG", "JPEG")
 SAMPLES_PER_CLASS = 2
+
+THREADS = 4  # requests worked on at once; the model runs one at a time anyway
+CONNECTIONS = 32  # open connections, each buffering at most one request (headers and body) in memory
+CONNECTION_TIMEOUT = 30  # seconds a connection may stay silent, mid-request or idle, before it is closed
+MAX_HEADER_BYTES = 64 * 1024
+MAX_URL_BYTES = 8 * 1024
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD = frozenset({"0.0.0.0", "::", ""})
+
+_decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc (Linux)
+except (OSError, AttributeError):
+    def _malloc_trim(pad):
+        return 0
 
 
 class InMemoryRequest(Request):
@@ -48,6 +82,8 @@ class Classifier:
         self.recipe = run_recipe(self.config)
         self.samples = _sample_galaxies()
         self._lock = threading.Lock()
+        self._sample_results = {}
+        self._samples_lock = threading.Lock()
         # The first call traces the model: pay for it now rather than on the first visitor's upload.
         self.classify(np.zeros(self.input_shape, np.uint8))
 
@@ -80,37 +116,88 @@ class Classifier:
             raise NotFound(f"no sample galaxy {i}")
         return self.samples[i]
 
+    def sample_result(self, i):
+        """The page's answer for bundled sample galaxy `i`, worked out on its first request only."""
+        png, label = self.sample(i)
+        with self._samples_lock:
+            if i not in self._sample_results:
+                image, note = decode_upload(png, f"sample {i}", self.input_shape[0], self.recipe)
+                self._sample_results[i] = {"name": f"sample galaxy {i}", "label": label, "preprocessing": note,
+                                           **self.classify(image)}
+            return self._sample_results[i]
+
 
 def decode_upload(data, name, stored_size, recipe=None, crop_fraction=None):
     """An uploaded file's bytes as the model's uint8 input and a note on how it was cut; GalaxyClassError (for
-    the page) if it is no usable image."""
+    the page) if it is no usable image.
+
+    At most DECODES_AT_ONCE run at a time. A JPEG far larger than the model needs is decoded at reduced scale
+    (see JPEG_DRAFT_MARGIN): the model then sees pixels within a few grey levels of a full decode.
+    """
     if not data:
         raise GalaxyClassError(f"{name}: the file is empty")
+    with _decodes:
+        try:
+            return _decode(data, name, stored_size, recipe, crop_fraction)
+        finally:
+            _malloc_trim(0)  # glibc would otherwise keep the freed pixels, and the server would stay at its peak
+
+
+def _decode(data, name, stored_size, recipe, crop_fraction):
+    kind = None
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind, (width, height) = image.format, image.size
+            if kind not in FORMATS:
+                raise GalaxyClassError(f"{name}: is a {kind} image; upload a {' or '.join(FORMATS)} file")
+            limit = MAX_JPEG_PIXELS if kind == "JPEG" else MAX_PIXELS
+            if width * height > limit:
+                raise GalaxyClassError(f"{name}: {width}x{height} pixels is too large (at most {limit:,} "
+                                       f"pixels for a {kind} file)")
+            fraction, note = cutout.crop_fraction_for(min(width, height), stored_size, recipe, crop_fraction)
+            if kind == "JPEG":
+                wanted = math.ceil(JPEG_DRAFT_MARGIN * stored_size / fraction)
+                image.draft(None, (wanted, wanted))
+            if image.size[0] * image.size[1] > MAX_PIXELS:
+                raise GalaxyClassError(
+                    f"{name}: {width}x{height} pixels is too large to keep its central {fraction:.3g} (at most "
+                    f"{MAX_PIXELS:,} pixels at full resolution; a larger crop fraction needs fewer)")
+            image.load()
+            rgb = to_rgb8(image)
+    except (GalaxyClassError, MemoryError):
+        raise
     except Image.DecompressionBombError:
         raise GalaxyClassError(f"{name}: too large (more than {MAX_PIXELS:,} pixels)") from None
-    except (OSError, ValueError):
+    except UnidentifiedImageError:
         raise GalaxyClassError(f"{name}: not an image; upload a {' or '.join(FORMATS)} file") from None
-    if kind not in FORMATS:
-        raise GalaxyClassError(f"{name}: is a {kind} image; upload a {' or '.join(FORMATS)} file")
-    if width * height > MAX_PIXELS:
-        raise GalaxyClassError(f"{name}: {width}x{height} pixels is too large (at most {MAX_PIXELS:,} pixels)")
-    try:
-        image = read_rgb(io.BytesIO(data), name)
-    except GalaxyClassError:
-        raise GalaxyClassError(f"{name}: the {kind} file is damaged or truncated") from None
-    return cutout.apply(image, stored_size, recipe, crop_fraction)
+    except Exception as e:  # whatever a decoder raises on hostile data is the file's fault
+        what = f"the {kind} file is damaged or truncated" if kind else "cannot be read as an image"
+        raise GalaxyClassError(f"{name}: {what} ({e})") from None
+    # The note describes the file as sent; the cut keeps the same share of a reduced-scale JPEG.
+    return cutout.apply(rgb, stored_size, recipe, fraction)[0], note
 
 
-def create_app(run_dir):
-    """The Flask app serving the page and the API for the trained run in `run_dir`."""
+def create_app(run_dir, host="127.0.0.1"):
+    """The Flask app serving the page and the API for the trained run in `run_dir`, to be served on `host`."""
     classifier = Classifier(run_dir)
     app = Flask(__name__, static_folder="static")
     app.request_class = InMemoryRequest
-    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
     app.extensions["galaxy_class"] = classifier
+    names = _host_names(host)
+
+    @app.before_request
+    def refuse_strangers():
+        environ = request.environ
+        if len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) > MAX_URL_BYTES:
+            raise RequestURITooLarge(f"the address is longer than {MAX_URL_BYTES:,} bytes")
+        sent = request.headers.get("Host", "")
+        if not _names_this_server(sent, names):
+            raise BadRequest(f"the Host header {sent!r} does not name this server; open the page at the address "
+                             "it listens on (DNS rebinding protection)")
+        if _cross_site(request):
+            raise Forbidden(f"requests from another site ({request.headers['Origin']}) are refused; use the page "
+                            "itself")
 
     @app.get("/")
     def index():
@@ -126,10 +213,12 @@ def create_app(run_dir):
         if upload is None:
             return _error("no file was sent (form field 'image')", 400)
         name = Path(upload.filename or "upload").name
+        data = upload.stream.getvalue()  # the bytes themselves, not a copy
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise RequestEntityTooLarge()
         try:
             crop_fraction = _crop_fraction(request.form.get("crop_fraction"))
-            image, note = decode_upload(upload.read(), name, classifier.input_shape[0], classifier.recipe,
-                                        crop_fraction)
+            image, note = decode_upload(data, name, classifier.input_shape[0], classifier.recipe, crop_fraction)
         except GalaxyClassError as e:
             return _error(str(e), 400)
         return jsonify({"name": name, "preprocessing": note, **classifier.classify(image)})
@@ -141,16 +230,17 @@ def create_app(run_dir):
 
     @app.get("/api/samples/<int:i>")
     def classify_sample(i):
-        png, label = classifier.sample(i)
-        image, note = decode_upload(png, f"sample {i}", classifier.input_shape[0], classifier.recipe)
-        return jsonify({"name": f"sample galaxy {i}", "label": label, "preprocessing": note,
-                        **classifier.classify(image)})
+        return jsonify(classifier.sample_result(i))
 
     @app.errorhandler(HTTPException)
     def http_error(e):
-        if e.code == 413:
-            return _error(f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB", 413)
-        return _error(e.description, e.code)
+        if e.code < 400:  # a redirect, e.g. from // to /
+            return e
+        message = f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB" if e.code == 413 else e.description
+        response = e.get_response()  # keeps the headers an answer needs, such as Allow on a 405
+        response.set_data(json.dumps({"error": message}))
+        response.mimetype = "application/json"
+        return response
 
     @app.errorhandler(Exception)
     def unexpected_error(e):
@@ -160,25 +250,80 @@ def create_app(run_dir):
     return app
 
 
-def bind(app, host="127.0.0.1", port=8000):
-    """A threaded WSGI server for `app` listening on host:port (port 0: any free one)."""
-    # Bound here rather than by werkzeug, which prints its own lines and exits when the port is taken.
+class Server:
+    """Waitress serving `app` on a listening socket: a fixed pool of threads, bounded connections, idle
+    connections closed; run() until stop() (from any thread) or Ctrl+C."""
+
+    def __init__(self, app, sock, timeout=CONNECTION_TIMEOUT):
+        self.port = sock.getsockname()[1]
+        max_body = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
+        pool = _QuickFirst()
+        pool.set_thread_count(THREADS)
+        self._server = create_server(
+            app, _dispatcher=pool, sockets=[sock], connection_limit=CONNECTIONS, channel_timeout=timeout,
+            cleanup_interval=1, max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=max_body,
+            # Buffers large enough that no request or answer is ever spilled to a temporary file.
+            inbuf_overflow=max_body + 1, outbuf_overflow=64 * 2**20, ident="galaxy-class")
+        self._server.channel_class = _JSONErrorChannel
+
+    def run(self):
+        self._server.run()  # returns on Ctrl+C, or once stop() has closed every connection
+
+    def stop(self):
+        # Sockets are closed by the thread that polls them.
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
+        self._server.task_dispatcher.shutdown()
+
+
+class _QuickFirst(ThreadedTaskDispatcher):
+    """Waitress's pool of threads, except that requests which upload nothing (the page, its files, /api/info)
+    go ahead of queued uploads: the page still opens while the model is busy."""
+
+    def add_task(self, channel):
+        with self.lock:
+            if channel.requests[0].command == "POST":
+                self.queue.append(channel)
+            else:
+                self.queue.appendleft(channel)
+            self.queue_cv.notify()
+
+
+class _JSONErrorTask(ErrorTask):
+    """Waitress's own refusals (headers or body too large, malformed HTTP) as the JSON the page reads."""
+
+    def execute(self):
+        error = self.request.error
+        messages = {413: f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB",
+                    431: f"the request's headers are larger than {MAX_HEADER_BYTES // 1024} kB"}
+        body = json.dumps({"error": messages.get(error.code, f"{error.reason}: {error.body}")}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _JSONErrorChannel(HTTPChannel):
+    error_task_class = _JSONErrorTask
+
+
+def bind(app, host="127.0.0.1", port=8000, timeout=CONNECTION_TIMEOUT):
+    """A Server for `app` listening on host:port (port 0: any free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host, port), family=family)
     except OSError as e:
         raise GalaxyClassError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
-    with sock:
-        return make_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
+    return Server(app, sock, timeout)
 
 
 def serve(run_dir, host="127.0.0.1", port=8000):
     """Serve the page for `run_dir` at http://host:port/ until interrupted."""
-    server = bind(create_app(run_dir), host, port)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    server = bind(create_app(run_dir, host), host, port)
+    if host not in LOOPBACK:
         print(f"warning: the page has no login; anyone who can reach {host}:{server.port} can use it")
-    print(f"Serving {run_dir} at http://{host}:{server.port}/ (Ctrl+C stops)", flush=True)
-    server.serve_forever()  # werkzeug's returns on Ctrl+C, after closing the socket
+    print(f"Serving {run_dir} at http://{_url_host(host)}:{server.port}/ (Ctrl+C stops)", flush=True)
+    server.run()
     print("Stopped.")
 
 
@@ -211,3 +356,54 @@ def _crop_fraction(value):
 
 def _error(message, code):
     return jsonify({"error": message}), code
+
+
+def _host_names(host):
+    """The names a request's Host header may give to reach a server listening on `host`. A website that
+    rebinds its own DNS name to this machine sends its name, never one of these. "*": any IP address."""
+    host = host.lower().strip("[]")
+    if host in WILDCARD:
+        return LOOPBACK | {socket.gethostname().lower(), socket.getfqdn().lower(), "*"}
+    if host in LOOPBACK or (_ip(host) and _ip(host).is_loopback):
+        return LOOPBACK | {host}
+    return frozenset({host})
+
+
+def _names_this_server(header, names):
+    """Whether a Host header ("name", "name:port", "[v6 address]:port") gives one of `names`."""
+    try:
+        name = urlsplit(f"//{header}").hostname
+    except ValueError:
+        return False
+    return bool(name) and (name in names or ("*" in names and _ip(name) is not None))
+
+
+def _cross_site(request):
+    """Whether a request that does work comes from another site's page: browsers send the page's origin in
+    the Origin header (a non-browser client sends none, and could send anything)."""
+    origin = request.headers.get("Origin")
+    if request.method in ("GET", "HEAD", "OPTIONS") or origin is None:
+        return False
+    own = _origin(f"{request.scheme}://{request.headers.get('Host', '')}")
+    return own is None or _origin(origin) != own
+
+
+def _origin(url):
+    """(scheme, host, port) of an Origin header or URL, with the default port filled in; None if malformed."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return None
+
+
+def _ip(name):
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def _url_host(host):
+    return f"[{host}]" if ":" in host else host

@@ -21,7 +21,9 @@ from PIL import Image
 
 from galaxy_class.cli import main
 from galaxy_class.data import open_galaxy10, read_images
-from galaxy_class.serve import MAX_UPLOAD_BYTES, bind, create_app
+from galaxy_class import cutout
+from galaxy_class.images import load_image
+from galaxy_class.serve import MAX_UPLOAD_BYTES, bind, create_app, decode_upload
 
 # What Chromium needs on this kind of machine: no sandbox as root, no GPU, no calls home on a closed network.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -121,6 +123,14 @@ def test_sample_galaxy_is_classified_with_its_label(client):
     assert client.get("/api/samples/99").status_code == 404
 
 
+def test_a_sample_galaxy_is_classified_once_however_often_it_is_asked_for(app, client, monkeypatch):
+    classifier = app.extensions["galaxy_class"]
+    first = client.get("/api/samples/3").get_json()
+    calls = []
+    monkeypatch.setattr(classifier, "classify", lambda image: calls.append(image))
+    assert [client.get("/api/samples/3").get_json() for _ in range(3)] == [first] * 3 and calls == []
+
+
 @pytest.mark.parametrize("data, name, words", [
     (b"just some text\n", "notes.txt", ["notes.txt", "not an image"]),
     (b"", "empty.png", ["empty.png", "empty"]),
@@ -149,6 +159,8 @@ def test_a_request_without_a_file_is_refused(client):
 def test_an_upload_over_the_size_limit_is_refused(client):
     response = post(client, b"\0" * (MAX_UPLOAD_BYTES + 1))
     assert response.status_code == 413 and "larger than 10 MB" in response.get_json()["error"]
+    response = post(client, b"\0" * MAX_UPLOAD_BYTES)  # the limit is on the file, not on the form around it
+    assert response.status_code == 400 and "not an image" in response.get_json()["error"]
 
 
 def test_an_image_claiming_huge_dimensions_is_refused_before_decoding(client):
@@ -156,6 +168,36 @@ def test_an_image_claiming_huge_dimensions_is_refused_before_decoding(client):
     Image.new("L", (6000, 5000)).save(buffer, format="PNG")  # 30 million pixels in a few kB
     response = post(client, buffer.getvalue(), "bomb.png")
     assert response.status_code == 400 and "6000x5000" in response.get_json()["error"]
+
+
+def test_a_large_jpeg_decoded_at_reduced_scale_is_within_a_few_grey_levels_of_a_full_decode(galaxy_png):
+    """Draft-mode decoding (libjpeg's 1/2-1/8 scales) bounds memory; it must not change what the model sees
+    beyond rounding: a mean under 1 grey level and 99% of values within 5 of the full decode, on noisy skies."""
+    recipe = cutout.CutoutRecipe(423, 207, "box")
+    galaxy = Image.open(galaxy_png).convert("RGB")
+    rng = np.random.default_rng(0)
+    for side in (1000, 1130, 2000, 4899):
+        enlarged = np.asarray(galaxy.resize((side, side), Image.Resampling.BICUBIC), dtype=float)
+        noisy = np.clip(enlarged + rng.normal(0, 8, enlarged.shape), 0, 255).astype(np.uint8)
+        data = io.BytesIO()
+        Image.fromarray(noisy).save(data, format="JPEG", quality=90)
+        expected, expected_note = load_image(io.BytesIO(data.getvalue()), 69, recipe)  # what `predict` does
+        shown, note = decode_upload(data.getvalue(), "big.jpeg", 69, recipe)
+        difference = np.abs(shown.astype(int) - expected)
+        assert note == expected_note
+        if side < 1130:  # under 8 times the 141 px the recipe keeps: decoded whole
+            assert difference.max() == 0, side
+        else:
+            assert difference.mean() < 1 and np.percentile(difference, 99) <= 5, (side, difference.mean())
+
+
+def test_a_page_served_on_every_address_answers_to_addresses_and_this_machines_names_only(tiny_run):
+    client = create_app(tiny_run, host="0.0.0.0").test_client()
+    for host in ["192.168.1.20:8000", "[fe80::1]:8000", "localhost:8000", socket.gethostname()]:
+        assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
+    for host in ["evil.example:8000", "192.168.1.20.evil.example", ""]:
+        response = client.get("/api/info", headers={"Host": host})
+        assert response.status_code == 400 and "Host" in response.get_json()["error"], host
 
 
 def test_uploads_never_touch_a_temporary_file(client, monkeypatch):
@@ -208,13 +250,13 @@ def test_serve_on_a_busy_port_is_one_error_line(capsys, tiny_run):
 def running(app):
     """`app` served on 127.0.0.1 at an ephemeral port, in a thread; yields its URL."""
     server = bind(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.port}"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
+        thread.join(timeout=10)
 
 
 def chromium():

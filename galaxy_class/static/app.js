@@ -95,7 +95,12 @@ function upload(file) {
 }
 
 async function start() {
-  info = await (await fetch("/api/info")).json();
+  const response = await fetch("/api/info");
+  info = await response.json().catch(() => null);
+  if (!response.ok || !info) {
+    fail((info && info.error) || `the server answered ${response.status} ${response.statusText}`);
+    return;
+  }
   const accuracy = info.test_accuracy == null ? ""
     : `, test accuracy ${percent(info.test_accuracy)} on ${info.test_images} images`;
   $("model-info").textContent = `Run ${info.run}: ${info.model}, ${info.class_names.length} classes${accuracy}`;
