@@ -3,6 +3,7 @@
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from galaxy_class import calibration
 from galaxy_class.data import dihedral, make_dataset
 
 
@@ -66,7 +67,8 @@ def evaluate(model, g, indices, class_names, tta=False, batch_size=128):
     probs, labels, first = predict_file(model, g, indices, batch_size=batch_size, tta=tta, first_view=True)
     one_view = metrics(labels, first, class_names)
     return {**metrics(labels, probs, class_names), "tta": bool(tta),
-            "one_view": {"accuracy": one_view["accuracy"], "macro_f1": one_view["macro_f1"]}}
+            "one_view": {"accuracy": one_view["accuracy"], "macro_f1": one_view["macro_f1"]},
+            **calibration.scores(probs, labels), "reliability": calibration.reliability(probs, labels)}
 
 
 def report(m):
@@ -76,6 +78,13 @@ def report(m):
     if m.get("tta") and "one_view" in m:
         lines.append(f"{m['n']} images, one view: accuracy {m['one_view']['accuracy']:.3f}, "
                      f"macro-F1 {m['one_view']['macro_f1']:.3f}")
+    if "ece" in m:
+        line = f"probabilities: ECE {m['ece']:.3f}, Brier {m['brier']:.3f}, log-loss {m['log_loss']:.3f}"
+        if "calibration" in m:
+            before = m["calibration"]["test_before"]
+            line += (f" (temperature {m['calibration']['temperature']:.2f}, fitted on the validation split; "
+                     f"before it: ECE {before['ece']:.3f}, Brier {before['brier']:.3f}, log-loss {before['log_loss']:.3f})")
+        lines.append(line)
     lines += [
         f"{'class (' + views.split(' (')[0] + ')':<32} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
     for name, s in m["per_class"].items():

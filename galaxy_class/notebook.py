@@ -91,6 +91,14 @@ def results_markdown(metrics, test_labels, dataset):
         f"The weakest class is **{weakest}**: recall {per_class[weakest]['recall']:.2f} on "
         f"{per_class[weakest]['support']} test galaxies ({share:.1%} of the test split). Rare classes give the "
         "model few examples to learn from, and their scores rest on a handful of galaxies.",
+    ]
+    if "calibration" in metrics:
+        cal = metrics["calibration"]
+        lines += ["", f"Probabilities: after temperature scaling (T = {cal['temperature']:.2f}, fitted on the "
+                      f"validation split) the expected calibration error on the test split is {metrics['ece']:.3f}, "
+                      f"against {cal['test_before']['ece']:.3f} before; log-loss {metrics['log_loss']:.3f} "
+                      f"({cal['test_before']['log_loss']:.3f} before)."]
+    lines += [
         "",
         f"How far to trust these numbers: with {n} test galaxies one galaxy moves accuracy by "
         f"{100 / n:.1f} points, and a class with k test galaxies moves its recall by 1/k per galaxy.",

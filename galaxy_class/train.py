@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from galaxy_class import evaluate
+from galaxy_class import calibration, evaluate
 from galaxy_class.config import Config, run_config
 from galaxy_class.cutout import read_recipe
 from galaxy_class.data import load_split, make_dataset, open_galaxy10, save_split, split_indices
@@ -28,7 +28,7 @@ from galaxy_class.models import base_model, build_model
 
 STAGES = ("stage1", "stage2")
 # Everything a run writes besides backup/; --overwrite removes exactly these, never anything else in the folder.
-RUN_FILES = ["config.json", "split.npz", "model.keras", "history.json", "metrics.json",
+RUN_FILES = ["config.json", "split.npz", "model.keras", "history.json", "calibration.json", "metrics.json",
              *[f"history_{s}.csv" for s in STAGES]]
 # What earlier versions kept beside backup/ in an unfinished run; --overwrite removes them too.
 OLD_RUN_FILES = [f"{prefix}{s}.weights.h5" for s in STAGES for prefix in ("", "best_")]
@@ -127,13 +127,29 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
             return None
         history = {**read_history(run_dir), "replicas": strategy.num_replicas_in_sync,
                    "global_batch_size": config.batch_size * strategy.num_replicas_in_sync}
-        _atomic(lambda p: Path(p).write_text(json.dumps(history, indent=1) + "\n"), run_dir / "history.json")
+        _write_json(history, run_dir / "history.json")
+        calibrated = calibrate(model, g, split, config)
+        _write_json(calibrated, run_dir / "calibration.json")
         _atomic(model.save, run_dir / "model.keras")  # from here on only the evaluation is left
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     metrics = evaluate.evaluate(model, g, split["test"], config.class_names, tta=config.tta)
     metrics["split"] = "test"
-    _atomic(lambda p: Path(p).write_text(json.dumps(metrics, indent=1) + "\n"), run_dir / "metrics.json")
+    before = json.loads((run_dir / "calibration.json").read_text())
+    metrics["calibration"] = {**before, "test_after": {k: metrics[k] for k in ("ece", "brier", "log_loss")}}
+    _write_json(metrics, run_dir / "metrics.json")
     return metrics
+
+
+def calibrate(model, g, split, config):
+    """Fit a temperature on the validation split (one view, never the test split) and fold it into `model`;
+    returns it with the test split's calibration before it, for metrics.json."""
+    val_probs, val_labels = evaluate.predict_file(model, g, split["val"])
+    before = evaluate.evaluate(model, g, split["test"], config.class_names, tta=config.tta)
+    temperature = calibration.fit_temperature(val_probs, val_labels)
+    calibration.apply_temperature(model, temperature)
+    return {"temperature": temperature, "fitted_on": "validation split, one view",
+            "test_before": {k: before[k] for k in ("ece", "brier", "log_loss")},
+            "reliability_before": before["reliability"]}
 
 
 def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose, stop_after):
@@ -408,6 +424,10 @@ def _temporary(path):
     """Where `_atomic` writes `path` first (the same suffix, so savers that check it accept it)."""
     path = Path(path)
     return path.with_name(path.name.replace(".", ".tmp.", 1))
+
+
+def _write_json(data, path):
+    _atomic(lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"), path)
 
 
 def _atomic(save, path):

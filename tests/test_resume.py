@@ -72,7 +72,8 @@ KILLS = [
     ("renaming history_stage2.csv:1", 4),               # stage 2, epoch saved but not yet logged
     ("writing backup/stage2/epoch-2.npz:1", 4),         # stage 2, half-written training state
     ("writing model.keras:1", 6),                       # stages over, half-written model
-    ("evaluate:1", 6),                                  # the final evaluation
+    ("evaluate:1", 6),                                  # the test split before calibration, no model yet
+    ("evaluate:2", 6),                                  # the final evaluation, model.keras written
     ("writing metrics.json:1", 6),                      # the last file
 ]
 
@@ -109,7 +110,7 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_the_uninterrupted_run(tmp_pat
         "no stale files"
     expected, got = (json.loads((run / "history.json").read_text()) for run in (uninterrupted, resumed))
     assert (expected["epochs_stage1"], expected["epochs_stage2"]) == (3, 3), "stage 1 stopped early"
-    assert expected["resumed_at_epochs"] == [] and got["resumed_at_epochs"] == [2, 3, 4, 4, 4, 6]
+    assert expected["resumed_at_epochs"] == [] and got["resumed_at_epochs"] == [2, 3, 4, 4, 4, 6, 6]
     assert {**got, "resumed_at_epochs": []} == expected, "the same epochs with the same metrics"
     assert (json.loads((resumed / "metrics.json").read_text())
             == json.loads((uninterrupted / "metrics.json").read_text()))
