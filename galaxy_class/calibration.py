@@ -58,4 +58,10 @@ def scores(probs, labels, bins=BINS):
     ece = float(np.sum(count * np.abs(np.asarray(table["accuracy"]) - table["confidence"])) / len(labels))
     onehot = np.eye(probs.shape[1])[labels]
     return {"ece": ece, "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
-            "log_loss": float(log_loss(labels, np.clip(probs, _TINY, 1.0), labels=range(probs.shape[1])))}
+            # int8 TFLite outputs are quantized and sum to one only roughly
+            "log_loss": float(log_loss(labels, _normalised(probs), labels=range(probs.shape[1])))}
+
+
+def _normalised(probs):
+    probs = np.clip(probs, _TINY, 1.0)
+    return probs / probs.sum(axis=1, keepdims=True)
