@@ -6,6 +6,7 @@ import papermill
 import pytest
 
 from conftest import ROOT
+from galaxy_class.quiet import NOISE
 
 
 @pytest.mark.parametrize("arch", ["mobilenet", "squeezenet"])
@@ -33,3 +34,23 @@ def test_committed_notebook_is_executed_and_has_a_parameters_cell(arch):
     assert any("parameters" in c["metadata"].get("tags", []) for c in code)
     assert all(c["execution_count"] for c in code), "committed executed top to bottom"
     assert not [o for c in code for o in c.get("outputs", []) if o["output_type"] == "error"]
+    parameters = "".join(next(c["source"] for c in code if "parameters" in c["metadata"].get("tags", [])))
+    for name in ["dataset", "alpha", "batch_size", "quick", "overwrite", "drive"]:
+        assert f"\n{name} = " in f"\n{parameters}", f"{name} in the parameters cell"
+    streams = [o for c in code for o in c.get("outputs", []) if o["output_type"] == "stream"]
+    noisy = [line for o in streams for line in "".join(o["text"]).splitlines()
+             if NOISE.match(line.encode()) or "INFO:tensorflow" in line or "Assets written to" in line]
+    assert not noisy, f"TensorFlow log noise in the committed outputs: {noisy[:3]}"
+    headings = [line for c in nb["cells"] if c["cell_type"] == "markdown" for line in "".join(c["source"]).splitlines()]
+    assert "## Results" in headings and "## Classify your own galaxies: raw survey cutouts" in headings
+
+
+def test_a_second_run_with_the_same_settings_shows_the_finished_run(tmp_path):
+    settings = dict(dataset="sample", weights="none", image_size=32, quick=True, epochs=1, fine_tune_epochs=0,
+                    models_dir=str(tmp_path / "models"), figures_dir=str(tmp_path / "figures"))
+    nb = ROOT / "galaxy_class_squeezenet.ipynb"
+    for out in ("first.ipynb", "second.ipynb"):
+        papermill.execute_notebook(nb, tmp_path / out, cwd=ROOT, kernel_name="python3", progress_bar=False,
+                                   parameters=settings)
+    text = json.dumps(json.loads((tmp_path / "second.ipynb").read_text())["cells"])
+    assert "loaded, not retrained" in text and "epoch  1/1" not in text
