@@ -1,28 +1,20 @@
 """`python -m galaxy_class serve RUN_DIR`: a local web page that classifies a galaxy image and shows its Grad-CAM.
 
-Flask serves one static page (static/) and a small JSON API; waitress serves Flask with a fixed pool of
-threads. Uploads are decoded in memory, never saved, a few at a time and no larger than the model needs.
-Only requests that name this server in their Host header and come from its own page are answered.
+Flask serves one static page (static/) and a small JSON API, behind the HTTP server of server.py. Uploads are
+decoded in memory, never saved, a few at a time and no larger than the model needs.
 """
 
 import base64
 import ctypes
 import io
-import ipaddress
 import json
 import math
-import socket
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 from flask import Flask, Request, jsonify, request
 from PIL import Image, UnidentifiedImageError
-from waitress import wasyncore
-from waitress.channel import HTTPChannel
-from waitress.server import create_server
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from werkzeug.exceptions import (BadRequest, Forbidden, HTTPException, NotFound, RequestEntityTooLarge,
                                  RequestURITooLarge)
 
@@ -32,6 +24,8 @@ from galaxy_class.images import run_recipe, to_rgb8
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.evaluate import predict_proba
 from galaxy_class.gradcam import gradcam, overlay
+from galaxy_class.server import (CONNECTION_TIMEOUT, LOOPBACK, MAX_URL_BYTES, cross_site, host_names, listen,
+                                 names_this_server, url_host)
 from galaxy_class.train import load_run
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -49,13 +43,6 @@ DECODES_AT_ONCE = 2  # each decode may briefly hold a few hundred MB; more at on
 FORMATS = ("PNG", "JPEG")
 SAMPLES_PER_CLASS = 2
 
-THREADS = 4  # requests worked on at once; the model runs one at a time anyway
-CONNECTIONS = 32  # open connections, each buffering at most one request (headers and body) in memory
-CONNECTION_TIMEOUT = 30  # seconds a connection may stay silent, mid-request or idle, before it is closed
-MAX_HEADER_BYTES = 64 * 1024
-MAX_URL_BYTES = 8 * 1024
-LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-WILDCARD = frozenset({"0.0.0.0", "::", ""})
 
 _decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
 try:
@@ -184,7 +171,7 @@ def create_app(run_dir, host="127.0.0.1"):
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
     app.extensions["galaxy_class"] = classifier
-    names = _host_names(host)
+    names = host_names(host)
 
     @app.before_request
     def refuse_strangers():
@@ -192,10 +179,10 @@ def create_app(run_dir, host="127.0.0.1"):
         if len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) > MAX_URL_BYTES:
             raise RequestURITooLarge(f"the address is longer than {MAX_URL_BYTES:,} bytes")
         sent = request.headers.get("Host", "")
-        if not _names_this_server(sent, names):
+        if not names_this_server(sent, names):
             raise BadRequest(f"the Host header {sent!r} does not name this server; open the page at the address "
                              "it listens on (DNS rebinding protection)")
-        if _cross_site(request):
+        if cross_site(request):
             raise Forbidden(f"requests from another site ({request.headers['Origin']}) are refused; use the page "
                             "itself")
 
@@ -250,71 +237,9 @@ def create_app(run_dir, host="127.0.0.1"):
     return app
 
 
-class Server:
-    """Waitress serving `app` on a listening socket: a fixed pool of threads, bounded connections, idle
-    connections closed; run() until stop() (from any thread) or Ctrl+C."""
-
-    def __init__(self, app, sock, timeout=CONNECTION_TIMEOUT):
-        self.port = sock.getsockname()[1]
-        max_body = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
-        pool = _QuickFirst()
-        pool.set_thread_count(THREADS)
-        self._server = create_server(
-            app, _dispatcher=pool, sockets=[sock], connection_limit=CONNECTIONS, channel_timeout=timeout,
-            cleanup_interval=1, max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=max_body,
-            # Buffers large enough that no request or answer is ever spilled to a temporary file.
-            inbuf_overflow=max_body + 1, outbuf_overflow=64 * 2**20, ident="galaxy-class")
-        self._server.channel_class = _JSONErrorChannel
-
-    def run(self):
-        self._server.run()  # returns on Ctrl+C, or once stop() has closed every connection
-
-    def stop(self):
-        # Sockets are closed by the thread that polls them.
-        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
-        self._server.task_dispatcher.shutdown()
-
-
-class _QuickFirst(ThreadedTaskDispatcher):
-    """Waitress's pool of threads, except that requests which upload nothing (the page, its files, /api/info)
-    go ahead of queued uploads: the page still opens while the model is busy."""
-
-    def add_task(self, channel):
-        with self.lock:
-            if channel.requests[0].command == "POST":
-                self.queue.append(channel)
-            else:
-                self.queue.appendleft(channel)
-            self.queue_cv.notify()
-
-
-class _JSONErrorTask(ErrorTask):
-    """Waitress's own refusals (headers or body too large, malformed HTTP) as the JSON the page reads."""
-
-    def execute(self):
-        error = self.request.error
-        messages = {413: f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB",
-                    431: f"the request's headers are larger than {MAX_HEADER_BYTES // 1024} kB"}
-        body = json.dumps({"error": messages.get(error.code, f"{error.reason}: {error.body}")}).encode()
-        self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
-
-
-class _JSONErrorChannel(HTTPChannel):
-    error_task_class = _JSONErrorTask
-
-
 def bind(app, host="127.0.0.1", port=8000, timeout=CONNECTION_TIMEOUT):
-    """A Server for `app` listening on host:port (port 0: any free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family)
-    except OSError as e:
-        raise GalaxyClassError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
-    return Server(app, sock, timeout)
+    """The HTTP server for `app` listening on host:port (port 0: any free one), sized for the page's uploads."""
+    return listen(app, host, port, MAX_UPLOAD_BYTES, MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES, timeout)
 
 
 def serve(run_dir, host="127.0.0.1", port=8000):
@@ -322,7 +247,7 @@ def serve(run_dir, host="127.0.0.1", port=8000):
     server = bind(create_app(run_dir, host), host, port)
     if host not in LOOPBACK:
         print(f"warning: the page has no login; anyone who can reach {host}:{server.port} can use it")
-    print(f"Serving {run_dir} at http://{_url_host(host)}:{server.port}/ (Ctrl+C stops)", flush=True)
+    print(f"Serving {run_dir} at http://{url_host(host)}:{server.port}/ (Ctrl+C stops)", flush=True)
     server.run()
     print("Stopped.")
 
@@ -358,52 +283,3 @@ def _error(message, code):
     return jsonify({"error": message}), code
 
 
-def _host_names(host):
-    """The names a request's Host header may give to reach a server listening on `host`. A website that
-    rebinds its own DNS name to this machine sends its name, never one of these. "*": any IP address."""
-    host = host.lower().strip("[]")
-    if host in WILDCARD:
-        return LOOPBACK | {socket.gethostname().lower(), socket.getfqdn().lower(), "*"}
-    if host in LOOPBACK or (_ip(host) and _ip(host).is_loopback):
-        return LOOPBACK | {host}
-    return frozenset({host})
-
-
-def _names_this_server(header, names):
-    """Whether a Host header ("name", "name:port", "[v6 address]:port") gives one of `names`."""
-    try:
-        name = urlsplit(f"//{header}").hostname
-    except ValueError:
-        return False
-    return bool(name) and (name in names or ("*" in names and _ip(name) is not None))
-
-
-def _cross_site(request):
-    """Whether a request that does work comes from another site's page: browsers send the page's origin in
-    the Origin header (a non-browser client sends none, and could send anything)."""
-    origin = request.headers.get("Origin")
-    if request.method in ("GET", "HEAD", "OPTIONS") or origin is None:
-        return False
-    own = _origin(f"{request.scheme}://{request.headers.get('Host', '')}")
-    return own is None or _origin(origin) != own
-
-
-def _origin(url):
-    """(scheme, host, port) of an Origin header or URL, with the default port filled in; None if malformed."""
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        return scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:
-        return None
-
-
-def _ip(name):
-    try:
-        return ipaddress.ip_address(name)
-    except ValueError:
-        return None
-
-
-def _url_host(host):
-    return f"[{host}]" if ":" in host else host

@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from galaxy_class.data import open_galaxy10, read_images
-from galaxy_class.serve import MAX_JPEG_PIXELS, MAX_PIXELS, THREADS, bind, create_app
+from galaxy_class.serve import MAX_JPEG_PIXELS, MAX_PIXELS, bind, create_app
+from galaxy_class.server import THREADS
 
 IDLE_TIMEOUT = 2  # seconds; `serve` uses 30, a test cannot wait that long
 LAUNCH = """
