@@ -45,3 +45,24 @@ def test_the_temperature_lives_in_the_model():
     before = predict_proba(model, images)
     calibration.apply_temperature(model, 3.0)
     assert predict_proba(model, images) == pytest.approx(calibration.with_temperature(before, 3.0), abs=1e-5)
+
+
+def test_a_runs_calibration_lowers_ece_on_held_out_dev_galaxies(pretrained_run, dev_file, sample_file):
+    import json
+
+    import h5py
+
+    from galaxy_class.data import open_galaxy10
+    from galaxy_class.evaluate import predict_file
+    from galaxy_class.train import load_run
+
+    model, _, _ = load_run(pretrained_run)  # trained on the bundled sample, its temperature fitted on its val split
+    temperature = json.loads((pretrained_run / "calibration.json").read_text())["temperature"]
+    with h5py.File(sample_file, "r") as f:
+        seen = set(f["objid"][()].tolist())
+    with h5py.File(dev_file, "r") as f:
+        unseen = np.flatnonzero([objid not in seen for objid in f["objid"][()].tolist()])[:1500]
+    calibrated, labels = predict_file(model, open_galaxy10(dev_file), unseen)
+    raw = calibration.with_temperature(calibrated, 1 / temperature)  # the model's probabilities before it
+    assert abs(np.log(temperature)) > 0.1, "a two-step head is far from calibrated"
+    assert calibration.scores(calibrated, labels)["ece"] < calibration.scores(raw, labels)["ece"]

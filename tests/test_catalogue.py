@@ -72,3 +72,21 @@ def test_an_interrupted_catalogue_resumes_and_an_existing_one_is_kept(pretrained
     assert sum(classified) == 536, "only the galaxies the first run had not written"
     with pytest.raises(GalaxyClassError, match="already exists"):
         write_catalogue(model, config, sample_file, out, progress=False)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--data", "{tmp}/missing.h5", "--out", "{tmp}/cat.csv"], "missing.h5: no such file"),
+    (["--data", "{sample}", "--out", "{tmp}/cat.txt"], ".csv or .fits"),
+    (["--data", "{sample}", "--out", "{tmp}/mine.csv"], "mine.csv: already exists"),
+    (["--data", "{sample}"], "needs both --data"),
+    (["{tmp}/galaxy.png", "--data", "{sample}", "--out", "{tmp}/cat.csv"], "either image files or --data"),
+])
+def test_bad_catalogue_arguments_are_one_error_line_and_touch_nothing(tiny_run, sample_file, tmp_path, capsys,
+                                                                      args, words):
+    (tmp_path / "mine.csv").write_text("my own notes\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    filled = [a.format(tmp=tmp_path, sample=sample_file) for a in args]
+    assert main(["predict", str(tiny_run), *filled]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
