@@ -127,7 +127,7 @@ def start_server(run_dir):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "galaxy_class", "serve", str(run_dir), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "galaxy_class", "serve", str(run_dir.resolve()), "--port", str(port)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     for _ in range(600):

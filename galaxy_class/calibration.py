@@ -1,8 +1,8 @@
 """Probabilities that mean what they say: temperature scaling (Guo et al. 2017) and the numbers that check it.
 
 A network trained with cross-entropy tends to be over- or under-confident. Dividing its logits by one
-temperature T, fitted on the validation split, keeps every prediction's class and makes "0.8" right about
-80% of the time. T is folded into the final Dense layer (weights / T), so every consumer of the saved
+temperature T, fitted on the validation split, keeps the class of every one-view prediction (a mean over 8
+views can change where the views disagree) and makes "0.8" right about 80% of the time. T is folded into the final Dense layer (weights / T), so every consumer of the saved
 model — evaluate, predict, catalogues, the web page, TFLite exports — gets calibrated probabilities.
 """
 

@@ -8,6 +8,7 @@ only when complete: CSV, or FITS through astropy.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from pathlib import Path
@@ -18,10 +19,9 @@ from tqdm import tqdm
 
 from galaxy_class.data import open_galaxy10
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.images import load_images
+from galaxy_class.images import IMAGE_SUFFIXES, image_files, load_images
 
 FORMATS = (".csv", ".fits")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def column(class_name: str) -> str:
@@ -54,13 +54,14 @@ class _FileSource:
 
 
 class _FolderSource:
-    """Batches of the image files of a folder, in name order, cut by the run's cutout recipe."""
+    """Batches of the image files of a folder, in name order, cut by the run's cutout recipe (or `crop_fraction`)."""
 
-    def __init__(self, folder):
-        self.paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    def __init__(self, folder, crop_fraction=None):
+        self.paths = image_files(folder)
         if not self.paths:
             raise GalaxyClassError(f"{folder}: no {', '.join(IMAGE_SUFFIXES)} files in it")
         self.n = len(self.paths)
+        self.crop_fraction = crop_fraction
 
     def names(self):
         return ["file"]
@@ -68,14 +69,19 @@ class _FolderSource:
     def batches(self, start, size, config):
         for first in range(start, self.n, size):
             paths = self.paths[first:first + size]
-            yield np.stack([image for image, _ in load_images(paths, config)]), [[p.name] for p in paths]
+            prepared = load_images(paths, config, self.crop_fraction)
+            yield np.stack([image for image, _ in prepared]), [[p.name] for p in paths]
 
 
-def write_catalogue(model, config, source, out, tta=False, batch_size=256, overwrite=False, progress=True):
+def write_catalogue(model, config, source, out, tta=False, batch_size=256, overwrite=False, progress=True,
+                    crop_fraction=None, model_id=""):
     """Classify every galaxy of `source` (a Galaxy10-schema file or a folder of image files) into the catalogue
-    `out` (.csv or .fits); returns the number of rows. A `.part` file left by an interrupted run is continued."""
+    `out` (.csv or .fits); returns the number of rows. A `.part` file left by an interrupted run of the same
+    model (`model_id`), source and settings is continued; any other is started afresh."""
     from galaxy_class.evaluate import predict_views
 
+    if batch_size < 1:
+        raise GalaxyClassError(f"batch size {batch_size}: must be at least 1")
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise GalaxyClassError(f"{out}: a catalogue is written as {' or '.join(FORMATS)}")
@@ -86,12 +92,22 @@ def write_catalogue(model, config, source, out, tta=False, batch_size=256, overw
     source = Path(source)
     if not source.exists():
         raise GalaxyClassError(f"{source}: no such file or folder")
-    reader = _FolderSource(source) if source.is_dir() else _FileSource(source)
+    if source.is_dir():
+        reader = _FolderSource(source, crop_fraction)
+    elif crop_fraction is not None:
+        raise GalaxyClassError(f"{source}: --crop-fraction cuts image files; a file's images are already cut")
+    else:
+        reader = _FileSource(source)
     header = [*reader.names(), "predicted_class", "probability", *map(column, config.class_names)]
     if tta:
         header.append("tta_spread")
     part = out.with_name(out.name + ".part")
-    done = _rows_done(part, header)
+    # What the rows of a .part file were made from: only the same run of the same model may continue them.
+    made_from = json.dumps({"model": model_id, "source": str(source.resolve()), "n": reader.n, "tta": tta,
+                            "crop_fraction": crop_fraction, "header": header})
+    stamp = part.with_name(part.name + ".json")
+    done = 0 if overwrite or not stamp.exists() or stamp.read_text() != made_from else _rows_done(part, header)
+    stamp.write_text(made_from)
     with open(part, "a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         if done == 0:
@@ -116,6 +132,7 @@ def write_catalogue(model, config, source, out, tta=False, batch_size=256, overw
         part.unlink()
     else:
         os.replace(part, out)
+    stamp.unlink()
     return reader.n
 
 

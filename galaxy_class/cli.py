@@ -96,13 +96,17 @@ def _catalogue(args):
         raise GalaxyClassError("a catalogue needs both --data (an HDF5 file or a folder of images) and --out")
     if args.images:
         raise GalaxyClassError("give either image files or --data, not both")
+    if args.json:
+        raise GalaxyClassError("--json prints results for image files; a catalogue is written to --out")
     if not Path(args.data).exists():
         raise GalaxyClassError(f"{args.data}: no such file or folder")
     model, config, _ = _load(args.run_dir)
     from galaxy_class.catalogue import write_catalogue
 
+    weights = Path(args.run_dir) if Path(args.run_dir).suffix == ".tflite" else Path(args.run_dir) / "model.keras"
     n = write_catalogue(model, config, args.data, args.out, tta=args.tta, batch_size=args.batch_size,
-                        overwrite=args.overwrite, progress=sys.stderr.isatty())
+                        overwrite=args.overwrite, progress=sys.stderr.isatty(), crop_fraction=args.crop_fraction,
+                        model_id=f"{weights.resolve()} {weights.stat().st_mtime_ns}")
     print(f"Wrote {args.out}: {n:,} galaxies")
 
 
@@ -147,6 +151,12 @@ def _load(run_dir):
     from galaxy_class.train import load_run
 
     return load_run(run_dir)
+
+
+def _positive(value):
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be a whole number of at least 1")
+    return int(value)
 
 
 def _crop_fraction(value):
@@ -200,7 +210,7 @@ def build_parser():
     p.add_argument("images", nargs="*", type=Path, help="image files; or --data and --out for a catalogue")
     p.add_argument("--data", type=Path, help="a catalogue of every galaxy of this HDF5 file or folder of images")
     p.add_argument("--out", type=Path, help="the catalogue to write: .csv, or .fits (needs astropy)")
-    p.add_argument("--batch-size", type=int, default=256, help="galaxies classified at a time (catalogues)")
+    p.add_argument("--batch-size", type=_positive, default=256, help="galaxies classified at a time (catalogues)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
@@ -257,6 +267,8 @@ def main(argv=None):
             print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted (an unfinished training run resumes when started again)", file=sys.stderr)
+        resumes = {"train": " (the unfinished run resumes when started again)",
+                   "predict": " (an unfinished catalogue resumes when started again)"}
+        print(f"error: interrupted{resumes.get(args.command, '')}", file=sys.stderr)
         return 130
     return 0

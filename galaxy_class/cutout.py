@@ -69,9 +69,10 @@ BUILTIN = {
 }
 
 
-def read_recipe(path, source: str | None = None, image_size: int | None = None) -> CutoutRecipe | None:
+def read_recipe(path, source: str | None = None, image_size: int | None = None,
+                n_classes: int | None = None) -> CutoutRecipe | None:
     """The recipe of a Galaxy10-schema file: its `cutout` attribute, else the built-in one of a Galaxy10
-    data set recognised by name or by image size; None when unknown."""
+    data set recognised by name, or by its image size and number of classes; None when unknown."""
     with h5py.File(path, "r") as f:
         value = f.attrs.get(ATTRIBUTE)
     if value is not None:
@@ -80,7 +81,8 @@ def read_recipe(path, source: str | None = None, image_size: int | None = None) 
         return BUILTIN[source]
     from galaxy_class.data import DATASETS  # data imports nothing from here; the sizes live with the specs
 
-    matches = [name for name, spec in DATASETS.items() if spec.image_size == image_size and name in BUILTIN]
+    matches = [name for name, spec in DATASETS.items()
+               if (spec.image_size, len(spec.class_names)) == (image_size, n_classes) and name in BUILTIN]
     return BUILTIN[matches[0]] if len(matches) == 1 else None
 
 

@@ -107,35 +107,20 @@ def export_tflite(run_dir, quantize="int8", out=None, calibration_images=CALIBRA
 
 
 def to_tflite(model, signature, options):
-    """The .tflite flatbuffer of `model`, converted with TFLiteConverter `options` by Keras' LiteRT exporter, or
-    where Keras has none (before 3.13) the way Keras 3.15's exporter does it."""
+    """The .tflite flatbuffer of `model`, converted by Keras' LiteRT exporter with TFLiteConverter `options`."""
     import keras
-    import tensorflow as tf
 
     # Keras 3.13 prints the temporary file's path whatever `verbose` says, and needs it as a str (endswith).
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         converted = os.path.join(tmp, "model.tflite")
         try:
             model.export(converted, format="litert", input_signature=signature, verbose=False, **options)
-            return Path(converted).read_bytes()
         except ValueError as e:
             if "Unrecognized format" not in str(e):
                 raise
-        saved_model = os.path.join(tmp, "saved_model")
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=signature)
-        archive.write_out(saved_model)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-        converter.experimental_enable_resource_variables = True
-        for name, value in options.items():
-            if name == "target_spec":
-                for spec_name, spec_value in value.items():
-                    setattr(converter.target_spec, spec_name, spec_value)
-            else:
-                setattr(converter, name, value)
-        return converter.convert()
+            raise GalaxyClassError(f"TensorFlow Lite export needs Keras 3.13 or newer (format='litert'); this is "
+                                   f"Keras {keras.__version__}") from None
+        return Path(converted).read_bytes()
 
 
 def calibration_set(g, train_indices, n, seed):
@@ -172,11 +157,8 @@ def graph_mode(model):
     """`model` called through a tf.function, i.e. with the numerics of `fit`, `predict` and the exported file."""
     import tensorflow as tf
 
-    listed = isinstance(model.input, list)  # [image] in some Keras versions (3.10)
-    image = model.input[0] if listed else model.input
-    spec = tf.TensorSpec(image.shape, image.dtype)  # one trace for every batch size
-    call = tf.function(lambda images: model([images] if listed else images, training=False),
-                       input_signature=[spec])
+    spec = tf.TensorSpec(model.input.shape, model.input.dtype)  # one trace for every batch size
+    call = tf.function(lambda images: model(images, training=False), input_signature=[spec])
     return lambda images, training=False: call(images)
 
 

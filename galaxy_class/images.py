@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from galaxy_class import cutout
 from galaxy_class.errors import GalaxyClassError
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def image_files(folder) -> list:
+    """The JPEG and PNG files of a folder, in name order."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:

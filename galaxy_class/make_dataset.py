@@ -112,7 +112,7 @@ def settings(like, class_names, size, raw_size, crop, resample):
     side, width, _ = g.image_shape
     if side != width:
         raise GalaxyClassError(f"{like}: its images are {side}x{width}; make-dataset makes square images")
-    recipe = cutout.read_recipe(g.path, image_size=side)
+    recipe = cutout.read_recipe(g.path, g.source, side, len(g.class_names))
     theirs = {"--class-names": ",".join(g.class_names), "--size": side}
     if recipe is not None:
         theirs.update({"--raw-size": recipe.raw_size, "--crop": recipe.crop, "--resample": recipe.resample})

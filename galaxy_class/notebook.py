@@ -5,12 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxy_class import plots
-from galaxy_class.cutout import crop_fraction_for
+from galaxy_class import cutout, plots
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.images import load_images, read_rgb, run_recipe
-
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+from galaxy_class.images import image_files, read_rgb, run_recipe
 
 SCRATCH = Path("runs") / "quick"  # quick mode's folders: git ignores runs/, and they never hold a real run
 DRIVE = Path("/content/drive")
@@ -111,15 +108,16 @@ def classify_cutouts(model, config, folder, tta=False):
     model sees on each, and its answers). A labels.csv (file, class_name) in the folder adds the true classes."""
     from galaxy_class.evaluate import classify
 
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    prepared = load_images(paths, config)
-    results = classify(model, config.class_names, prepared, [p.name for p in paths], tta=tta)
-    raw = [np.asarray(read_rgb(p)) for p in paths]
+    paths = image_files(folder)
+    raw = [read_rgb(p) for p in paths]
     recipe = run_recipe(config)
-    fractions = [crop_fraction_for(min(r.shape[:2]), config.input_shape[0], recipe)[0] for r in raw]
+    prepared = [cutout.apply(image, config.input_shape[0], recipe) for image in raw]
+    results = classify(model, config.class_names, prepared, [p.name for p in paths], tta=tta)
+    fractions = [cutout.crop_fraction_for(min(image.size), config.input_shape[0], recipe)[0] for image in raw]
     labels = None
     if (Path(folder) / "labels.csv").is_file():
         with open(Path(folder) / "labels.csv", newline="") as f:
             known = {row["file"]: row["class_name"] for row in csv.DictReader(f)}
         labels = [known.get(p.name, "?") for p in paths]
-    return results, plots.cutouts_figure(raw, [image for image, _ in prepared], results, fractions, labels)
+    return results, plots.cutouts_figure([np.asarray(image) for image in raw], [image for image, _ in prepared],
+                                         results, fractions, labels)

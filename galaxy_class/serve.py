@@ -47,7 +47,7 @@ SAMPLES_PER_CLASS = 2
 _decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
 try:
     _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc (Linux)
-except (OSError, AttributeError):
+except (OSError, AttributeError, TypeError):  # not glibc; CDLL(None) is a TypeError on Windows
     def _malloc_trim(pad):
         return 0
 

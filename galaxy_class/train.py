@@ -27,7 +27,7 @@ from galaxy_class.errors import GalaxyClassError
 from galaxy_class.models import base_model, build_model
 
 STAGES = ("stage1", "stage2")
-# Everything a run writes besides backup/; --overwrite removes exactly these, never anything else in the folder.
+# Everything a run writes besides backup/ (and the temporary names of these); --overwrite removes only those.
 RUN_FILES = ["config.json", "split.npz", "model.keras", "history.json", "calibration.json", "metrics.json",
              *[f"history_{s}.csv" for s in STAGES]]
 # What earlier versions kept beside backup/ in an unfinished run; --overwrite removes them too.
@@ -93,7 +93,7 @@ def prepare_run(config, run_dir, overwrite=False):
     split = split_indices(g.labels, seed=config.seed,
                           fractions=(1 - config.val_fraction - config.test_fraction,
                                      config.val_fraction, config.test_fraction))
-    recipe = read_recipe(g.path, g.source, g.image_shape[0])
+    recipe = read_recipe(g.path, g.source, g.image_shape[0], len(g.class_names))
     config = config.replace(class_names=list(g.class_names), input_shape=list(g.image_shape), data_path=str(g.path),
                             cutout=recipe.to_dict() if recipe else {})
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
         if verbose:
             print(f"{run_dir} holds a finished run with these settings: loaded, not retrained "
                   f"(overwrite=True or --overwrite retrains).")
-        return json.loads((run_dir / "metrics.json").read_text())
+        return None if stop_after else json.loads((run_dir / "metrics.json").read_text())
     for name in RUN_FILES:  # what a kill left half-written
         _temporary(run_dir / name).unlink(missing_ok=True)
     keras.utils.set_random_seed(config.seed)

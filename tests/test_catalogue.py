@@ -51,27 +51,37 @@ def test_a_folder_catalogue_cuts_raw_cutouts_as_predict_does(pretrained_run, tmp
     assert np.all(np.asarray(table["tta_spread"]) >= 0)
 
 
-def test_an_interrupted_catalogue_resumes_and_an_existing_one_is_kept(pretrained_run, sample_file, tmp_path,
-                                                                      monkeypatch):
+def test_an_interrupted_catalogue_resumes_only_with_the_same_model_and_an_existing_one_is_kept(
+        pretrained_run, sample_file, tmp_path, monkeypatch):
     model, config, _ = load_run(pretrained_run)
     whole = tmp_path / "whole.csv"
-    write_catalogue(model, config, sample_file, whole, batch_size=500, progress=False)
-    # A run killed after two batches and part of a line: the .part file holds 1,000 rows and a cut-off one.
-    lines = whole.read_text().splitlines(keepends=True)
-    out = tmp_path / "resumed.csv"
-    (tmp_path / "resumed.csv.part").write_text("".join(lines[:1001]) + lines[1001][:10])
-    classified, predict_views = [], evaluate.predict_views
+    write_catalogue(model, config, sample_file, whole, batch_size=500, progress=False, model_id="run A")
+    predict_views, classified = evaluate.predict_views, []
 
-    def counting(model, images, tta=False):
-        classified.append(len(images))
-        return predict_views(model, images, tta)
+    def killed_after(batches):
+        def call(model, images, tta=False):
+            if len(classified) == batches:
+                raise KeyboardInterrupt  # stands in for a kill: the rows written so far stay in the .part file
+            classified.append(len(images))
+            return predict_views(model, images, tta)
+        return call
 
-    monkeypatch.setattr(evaluate, "predict_views", counting)
-    write_catalogue(model, config, sample_file, out, batch_size=500, progress=False)
-    assert out.read_text() == whole.read_text()
-    assert sum(classified) == 536, "only the galaxies the first run had not written"
+    for out, resumed_by, expected in [("same.csv", "run A", 536), ("other.csv", "run B", 1536)]:
+        classified.clear()
+        monkeypatch.setattr(evaluate, "predict_views", killed_after(2))
+        with pytest.raises(KeyboardInterrupt):
+            write_catalogue(model, config, sample_file, tmp_path / out, batch_size=500, progress=False,
+                            model_id="run A")
+        assert not (tmp_path / out).exists(), "no catalogue that looks complete"
+        classified.clear()
+        monkeypatch.setattr(evaluate, "predict_views", killed_after(99))
+        write_catalogue(model, config, sample_file, tmp_path / out, batch_size=500, progress=False,
+                        model_id=resumed_by)
+        assert (tmp_path / out).read_text() == whole.read_text()
+        assert sum(classified) == expected, f"{out}: the rows of the same model only are continued"
+    assert not list(tmp_path.glob("*.part*")), "no .part file or its stamp left behind"
     with pytest.raises(GalaxyClassError, match="already exists"):
-        write_catalogue(model, config, sample_file, out, progress=False)
+        write_catalogue(model, config, sample_file, whole, progress=False)
 
 
 @pytest.mark.parametrize("args, words", [

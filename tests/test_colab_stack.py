@@ -1,5 +1,6 @@
 """The notebooks on Colab: one project address everywhere, a first cell that sets Colab up without touching its
-TensorFlow and Keras, version floors that a test runs on, and a TFLite export that works on Colab's Keras.
+TensorFlow and Keras, and version floors that a test runs on. (The TFLite export on Colab's Keras is checked by
+running both notebooks in quick mode in the same environment.)
 
 `make test-colab` runs this file again in .venv-colab, built from Colab's versions (requirements-colab.txt).
 """
@@ -12,7 +13,6 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -128,46 +128,3 @@ def test_setup_cell_on_colab_installs_only_the_package_and_keeps_colabs_tensorfl
     assert len(lines) == 2 and lines[0] == lines[1]
     assert lines[0].startswith("Training on the GPU: ") or "Runtime > Change runtime type" in lines[0]
     assert not (ROOT / URL.rsplit("/", 1)[1]).exists(), "cloned into the checkout"
-
-
-def keras_without_litert(monkeypatch):
-    """Keras before 3.13, which has no LiteRT exporter."""
-    import keras
-
-    export = keras.Model.export
-
-    def old_export(self, filepath, format="tf_saved_model", **kwargs):
-        if format == "litert":
-            raise ValueError(f"Unrecognized format={format}. Supported formats are: ['tf_saved_model', 'onnx'].")
-        return export(self, filepath, format=format, **kwargs)
-
-    monkeypatch.setattr(keras.Model, "export", old_export)
-
-
-@pytest.mark.parametrize("quantize", ["none", "float16", "int8"])
-def test_export_without_a_litert_exporter_writes_the_same_model(quantize, tiny_run, tmp_path, monkeypatch):
-    from galaxy_class.data import open_galaxy10, read_images
-    from galaxy_class.export import TFLiteModel, export_tflite
-    from galaxy_class.train import load_run
-
-    litert, converter = tmp_path / "litert.tflite", tmp_path / "converter.tflite"
-    export_tflite(tiny_run, quantize, out=litert, calibration_images=20, verbose=False)
-    keras_without_litert(monkeypatch)
-    report = export_tflite(tiny_run, quantize, out=converter, calibration_images=20, verbose=False)
-    assert report["quantize"] == quantize and report["top1_agreement"] == 1.0
-    assert converter.stat().st_size == pytest.approx(litert.stat().st_size, rel=0.01)
-    expected, got = TFLiteModel(litert), TFLiteModel(converter)
-    assert got.input_dtype == np.uint8 and got._input["quantization"] == expected._input["quantization"]
-    images = read_images(open_galaxy10(load_run(tiny_run)[1].data_path), range(64))
-    np.testing.assert_allclose(got(images), expected(images), atol=1e-6)
-
-
-def test_graph_mode_takes_a_model_whose_input_is_a_list():
-    import keras
-
-    from galaxy_class.export import graph_mode
-
-    image = keras.Input((8, 8, 3), dtype="uint8")
-    model = keras.Model([image], keras.layers.Dense(2)(keras.layers.Flatten()(keras.ops.cast(image, "float32"))))
-    x = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
-    np.testing.assert_allclose(graph_mode(model)(x), model([x]), rtol=1e-6)

@@ -39,7 +39,8 @@ def test_recipes_are_read_from_files_and_known_for_galaxy10(dev_file, sample_fil
     # A Galaxy10 file as astroNN downloads it has no attribute: the documented geometry is built in.
     with h5py.File(tmp_path / "Galaxy10.h5", "w") as f:
         f["images"], f["ans"] = np.zeros((2, 69, 69, 3), np.uint8), np.zeros(2, np.uint8)
-    assert read_recipe(tmp_path / "Galaxy10.h5", image_size=69) == CutoutRecipe(424, 207, "box")
+    assert read_recipe(tmp_path / "Galaxy10.h5", image_size=69, n_classes=10) == CutoutRecipe(424, 207, "box")
+    assert read_recipe(tmp_path / "Galaxy10.h5", image_size=69, n_classes=4) is None, "69 px alone is not Galaxy10"
     assert read_recipe(tmp_path / "Galaxy10.h5", source="galaxy10_decals") == CutoutRecipe(512, 512, "box")
     assert read_recipe(tmp_path / "Galaxy10.h5", image_size=100) is None
 

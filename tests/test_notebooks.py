@@ -52,5 +52,7 @@ def test_a_second_run_with_the_same_settings_shows_the_finished_run(tmp_path):
     for out in ("first.ipynb", "second.ipynb"):
         papermill.execute_notebook(nb, tmp_path / out, cwd=ROOT, kernel_name="python3", progress_bar=False,
                                    parameters=settings)
-    text = json.dumps(json.loads((tmp_path / "second.ipynb").read_text())["cells"])
-    assert "loaded, not retrained" in text and "epoch  1/1" not in text
+    first, second = (json.dumps(json.loads((tmp_path / out).read_text())["cells"]) for out in ("first.ipynb",
+                                                                                             "second.ipynb"))
+    assert "head epoch  1/1" in first and "loaded, not retrained" not in first
+    assert "loaded, not retrained" in second and "epoch  1/1" not in second
