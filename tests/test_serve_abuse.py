@@ -25,6 +25,7 @@ from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.serve import MAX_JPEG_PIXELS, MAX_PIXELS, bind, create_app
 from galaxy_class.server import THREADS
 
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from Linux's /proc")
 IDLE_TIMEOUT = 2  # seconds; `serve` uses 30, a test cannot wait that long
 LAUNCH = """
 import sys
