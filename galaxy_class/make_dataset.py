@@ -364,8 +364,14 @@ def _write(made: Made, table: Table, folder: Path, numbers: list[int], names, pr
         g = open_galaxy10(tmp)
         if g.n != made.n or g.class_names != tuple(names):
             raise GalaxyClassError(f"{made.path}: the written file reads back wrong ({g.n} images, {g.class_names})")
-        if made.path.exists():
-            raise GalaxyClassError(f"{made.path}: appeared while the file was made; remove it or choose another --out")
-        os.replace(tmp, made.path)
+        taken = GalaxyClassError(f"{made.path}: appeared while the file was made; remove it or choose another --out")
+        try:
+            os.link(tmp, made.path)  # unlike a rename, fails if the name was taken meanwhile: nothing is replaced
+        except FileExistsError:
+            raise taken from None
+        except OSError:  # a file system without hard links: check, then rename
+            if made.path.exists():
+                raise taken from None
+            os.replace(tmp, made.path)
     finally:
         tmp.unlink(missing_ok=True)

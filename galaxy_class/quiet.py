@@ -47,7 +47,10 @@ def _forward(read_end, original):
         while chunk := pipe.read(65536):
             *lines, pending = (pending + chunk).split(b"\n")
             kept = b"".join(line + b"\n" for line in lines if not NOISE.match(line))
-            if kept:
-                os.write(original, kept)
+            try:
+                if kept:
+                    os.write(original, kept)
+            except OSError:  # keep draining the pipe, so that writers to stderr never block
+                pass
         if pending and not NOISE.match(pending):
             os.write(original, pending)
