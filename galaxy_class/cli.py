@@ -129,12 +129,8 @@ def cmd_make_dataset(args):
     from galaxy_class.data import describe, open_galaxy10
     from galaxy_class.make_dataset import make_dataset
 
-    try:
-        made = make_dataset(args.folder, args.out, args.labels, like=args.like, class_names=args.class_names,
-                            size=args.size, raw_size=args.raw_size, crop=args.crop, resample=args.resample)
-    except KeyboardInterrupt:  # the unfinished file is already removed
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        raise SystemExit(130) from None
+    made = make_dataset(args.folder, args.out, args.labels, like=args.like, class_names=args.class_names,
+                        size=args.size, raw_size=args.raw_size, crop=args.crop, resample=args.resample)
     print(f"Wrote {made.path}")
     print(describe(open_galaxy10(made.path)))
     for note in made.notes():
@@ -267,8 +263,9 @@ def main(argv=None):
             print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resumes = {"train": " (the unfinished run resumes when started again)",
-                   "predict": " (an unfinished catalogue resumes when started again)"}
-        print(f"error: interrupted{resumes.get(args.command, '')}", file=sys.stderr)
+        after = {"train": " (the unfinished run resumes when started again)",
+                 "predict": " (an unfinished catalogue resumes when started again)",
+                 "make-dataset": "; nothing was written"}  # make_dataset removes its unfinished file itself
+        print(f"error: interrupted{after.get(args.command, '')}", file=sys.stderr)
         return 130
     return 0

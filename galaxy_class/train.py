@@ -75,14 +75,13 @@ def prepare_run(config, run_dir, overwrite=False):
             raise GalaxyClassError(
                 f"{run_dir}: holds a finished run with other settings ({'; '.join(differences)}); replace it with "
                 f"overwrite=True (notebook) or --overwrite (command line), or choose another folder")
+        return None, None, None
     if overwrite:
         for name in [*RUN_FILES, *OLD_RUN_FILES]:
             (run_dir / name).unlink(missing_ok=True)
             _temporary(run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
         state = "new"
-    if state == "finished" and not overwrite:
-        return None, None, None
     if state == "unfinished":
         config = Config.load(run_dir / "config.json")
         print(f"Continuing the run in {run_dir} with its saved settings (config.json).")
@@ -368,7 +367,6 @@ def note_start(run_dir, epochs_done, resuming):
 
 def note_pause(run_dir, epochs_done):
     """Record that the run stopped here on purpose, so that going on from here is no resume."""
-
     notes = _read_notes(run_dir)
     _write_notes(run_dir, {**notes, "paused_at_epoch": epochs_done})
 
@@ -381,7 +379,7 @@ def _read_notes(run_dir):
 def _write_notes(run_dir, notes):
     path = Path(run_dir) / "backup" / "resumes.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(lambda p: Path(p).write_text(json.dumps(notes) + "\n"), path)
+    _write_json(notes, path)
 
 
 def read_history(run_dir):
