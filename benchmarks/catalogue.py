@@ -27,7 +27,7 @@ def measure(mode, run_dir, data, out):
     """Classify `data` one way, write the catalogue to `out`; print galaxies/s and peak RSS as JSON."""
     from galaxy_class.cli import _load
     from galaxy_class.data import open_galaxy10, read_images
-    from galaxy_class.evaluate import predict_proba
+    from galaxy_class.predict import predict_proba
 
     source = Path(run_dir) / "model_int8.tflite" if mode == "tflite int8" else run_dir
     model, config, _ = _load(source)

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from galaxy_class.evaluate import predict_proba
+from galaxy_class.predict import predict_proba
 from galaxy_class.images import load_images
 from galaxy_class.train import load_run
 

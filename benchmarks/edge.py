@@ -16,14 +16,91 @@ Keras, the .tflite file otherwise; "x float" is the size relative to the float32
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RESULTS = Path(__file__).resolve().parent / "edge_results.md"
 TARGETS = {"size": 0.3, "speedup": 5.0, "accuracy_points": -1.0}
+
+
+def latency_ms(call, images, warmup, runs):
+    """Median and 95th percentile milliseconds of `call` on one image at a time."""
+    for i in range(warmup):
+        call(images[i % len(images)][None])
+    times = []
+    for i in range(runs):
+        x = images[i % len(images)][None]
+        start = time.perf_counter()
+        call(x)
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times), float(np.percentile(times, 95))
+
+
+def batched(call, images, batch_size=128):
+    return np.concatenate([np.asarray(call(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+def compare_formats(run_dir, out_dir, threads=1, warmup=20, runs=200):
+    """Keras against its TFLite exports (written to `out_dir`): one row per format with size, batch-1
+    latency and test metrics, and the int8 parity report."""
+    from galaxy_class.data import open_galaxy10, read_images
+    from galaxy_class.evaluate import metrics
+    from galaxy_class.export import export_tflite
+    from galaxy_class.predict import graph_mode
+    from galaxy_class.tflite import TFLiteModel
+    from galaxy_class.train import load_run
+
+    model, config, split = load_run(run_dir)
+    g = open_galaxy10(config.data_path or config.data)
+    images, labels = read_images(g, split["test"]), g.labels[split["test"]]
+    name = f"{config.model} {config.image_size}px" + (f" α={config.alpha}" if config.model.startswith("mobilenet") else "")
+    keras_bytes = (Path(run_dir) / "model.keras").stat().st_size
+
+    eager = lambda x: model(x, training=False)  # noqa: E731
+    compiled = graph_mode(model)
+    formats = [("Keras model.predict", lambda x: model.predict(x, verbose=0), compiled, keras_bytes),
+               ("Keras model(x) eager", eager, eager, keras_bytes),
+               ("Keras tf.function", compiled, compiled, keras_bytes)]
+    parities = {}
+    for quantize in ("none", "float16", "int8"):
+        path = Path(out_dir) / f"{Path(run_dir).name}_{quantize}.tflite"
+        parities[quantize] = export_tflite(run_dir, quantize, out=path, verbose=False)
+        lite = TFLiteModel(path, num_threads=threads)
+        label = {"none": "TFLite float32", "float16": "TFLite float16", "int8": "TFLite int8"}[quantize]
+        formats.append((label, lite, lite, path.stat().st_size))
+
+    rows = []
+    for label, timed, predict, size in formats:
+        median, p95 = latency_ms(timed, images, warmup, runs)
+        m = metrics(labels, batched(predict, images), config.class_names)
+        rows.append({"model": name, "format": label, "bytes": size, "median_ms": median, "p95_ms": p95,
+                     "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]})
+    float_bytes = next(r["bytes"] for r in rows if r["format"] == "TFLite float32")
+    predict_ms = rows[0]["median_ms"]
+    keras_accuracy = rows[0]["accuracy"]
+    for r in rows:
+        r.update(size_ratio=r["bytes"] / float_bytes, speedup=predict_ms / r["median_ms"],
+                 accuracy_change=100 * (r["accuracy"] - keras_accuracy))
+    return rows, parities["int8"]
+
+
+def formats_table(rows):
+    """The rows of `compare_formats` as a markdown table."""
+    lines = ["| model | format | size kB | x float | median ms | p95 ms | speed-up vs predict | accuracy, one view | "
+             "Δ points | macro-F1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['format']} | {r['bytes'] / 1e3:.0f} | {r['size_ratio']:.2f} | "
+                     f"{r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['speedup']:.1f}x | {r['accuracy']:.3f} | "
+                     f"{r['accuracy_change']:+.1f} | {r['macro_f1']:.3f} |")
+    return "\n".join(lines)
 
 
 def targets(rows, int8_parity):
@@ -59,7 +136,7 @@ def main(argv=None):
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from galaxy_class.export import compare_formats, formats_table, interpreter_name
+    from galaxy_class.tflite import interpreter_name
 
     rows, int8_parity = [], {}
     with tempfile.TemporaryDirectory() as out_dir:

@@ -78,7 +78,7 @@ def write_catalogue(model, config, source, out, tta=False, batch_size=256, overw
     """Classify every galaxy of `source` (a Galaxy10-schema file or a folder of image files) into the catalogue
     `out` (.csv or .fits); returns the number of rows. A `.part` file left by an interrupted run of the same
     model (`model_id`), source and settings is continued; any other is started afresh."""
-    from galaxy_class.evaluate import predict_views
+    from galaxy_class.predict import predict_views
 
     if batch_size < 1:
         raise GalaxyClassError(f"batch size {batch_size}: must be at least 1")

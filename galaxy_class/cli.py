@@ -75,7 +75,7 @@ def cmd_predict(args):
     config = lite[1] if lite else run_config(args.run_dir)
     prepared = load_images(args.images, config, args.crop_fraction)
     model = (lite or _load(args.run_dir))[0]
-    from galaxy_class.evaluate import classify
+    from galaxy_class.predict import classify
 
     notes = {}
     for path, (_, note) in zip(args.images, prepared):
@@ -139,14 +139,11 @@ def cmd_make_dataset(args):
 
 def _load(run_dir):
     """(model, config, split) of a run folder, or of a .tflite file exported from one."""
-    if Path(run_dir).suffix == ".tflite":
-        from galaxy_class.export import load_tflite
+    if Path(run_dir).suffix != ".tflite":
+        run_config(run_dir)  # a wrong folder is reported before TensorFlow loads (and prints its start-up lines)
+    from galaxy_class.predict import load_model
 
-        return load_tflite(run_dir)
-    run_config(run_dir)  # a wrong folder is reported before TensorFlow loads (and prints its start-up lines)
-    from galaxy_class.train import load_run
-
-    return load_run(run_dir)
+    return load_model(run_dir)
 
 
 def _positive(value):

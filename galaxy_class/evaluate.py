@@ -1,45 +1,10 @@
-"""Predictions and honest metrics: accuracy, macro-F1, per-class scores, confusion matrix."""
+"""Honest metrics of predictions: accuracy, macro-F1, per-class scores, confusion matrix, calibration."""
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from galaxy_class import calibration
-from galaxy_class.data import dihedral, make_dataset
-
-
-def predict_views(model, images, tta=False):
-    """Class probabilities of each view of a uint8 batch, (views, b, K): the images as given, then with `tta`
-    their other 7 flips and rotations."""
-    return np.stack([np.asarray(model(dihedral(images, k), training=False)) for k in (range(8) if tta else [0])])
-
-
-def predict_proba(model, images, tta=False):
-    """Class probabilities for a uint8 batch; with `tta`, the mean over the 8 flips and rotations."""
-    return predict_views(model, images, tta).mean(axis=0)
-
-
-def predict_file(model, g, indices, batch_size=128, tta=False, first_view=False):
-    """Probabilities (n, K) and true labels (n,) for the images `indices` of a Galaxy10 file, streamed;
-    with `first_view`, also the probabilities of the unrotated images alone."""
-    probs, labels, first = [], [], []
-    for images, y in make_dataset(g, indices, batch_size):
-        views = predict_views(model, images, tta=tta)
-        probs.append(views.mean(axis=0))
-        first.append(views[0])
-        labels.append(np.asarray(y))
-    out = np.concatenate(probs), np.concatenate(labels)
-    return (*out, np.concatenate(first)) if first_view else out
-
-
-def classify(model, class_names, prepared, names, tta=False, batch_size=64):
-    """One result per (image, note) of `images.load_images`: the top class and its probability, every class's
-    probability, and how the image was cut; `names` label the results (file names)."""
-    images = np.stack([image for image, _ in prepared])
-    probs = np.concatenate([predict_proba(model, images[i:i + batch_size], tta=tta)
-                            for i in range(0, len(images), batch_size)])
-    return [{"image": str(name), "class": class_names[int(p.argmax())], "probability": float(p.max()),
-             "probabilities": dict(zip(class_names, map(float, p))), "preprocessing": note}
-            for name, (_, note), p in zip(names, prepared, probs)]
+from galaxy_class.predict import predict_file
 
 
 def metrics(labels, probs, class_names):

@@ -7,7 +7,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.evaluate import predict_proba
+from galaxy_class.predict import predict_proba
 from galaxy_class.models import base_model
 
 

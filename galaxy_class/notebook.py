@@ -106,7 +106,7 @@ def results_markdown(metrics, test_labels, dataset):
 def classify_cutouts(model, config, folder, tta=False):
     """Classify the image files of `folder` as `predict` does; (results, a figure of the cutouts, the square the
     model sees on each, and its answers). A labels.csv (file, class_name) in the folder adds the true classes."""
-    from galaxy_class.evaluate import classify
+    from galaxy_class.predict import classify
 
     paths = image_files(folder)
     raw = [read_rgb(p) for p in paths]

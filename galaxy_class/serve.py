@@ -22,7 +22,7 @@ from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class import cutout
 from galaxy_class.images import run_recipe, to_rgb8
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.evaluate import predict_proba
+from galaxy_class.predict import predict_proba
 from galaxy_class.gradcam import gradcam, overlay
 from galaxy_class.server import (CONNECTION_TIMEOUT, LOOPBACK, MAX_URL_BYTES, cross_site, host_names, listen,
                                  names_this_server, url_host)

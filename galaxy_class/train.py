@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from galaxy_class import calibration, evaluate
+from galaxy_class import calibration, evaluate, predict
 from galaxy_class.config import Config, run_config
 from galaxy_class.cutout import read_recipe
 from galaxy_class.data import load_split, make_dataset, open_galaxy10, save_split, split_indices
@@ -142,7 +142,7 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
 def calibrate(model, g, split, config):
     """Fit a temperature on the validation split (one view, never the test split) and fold it into `model`;
     returns it with the test split's calibration before it, for metrics.json."""
-    val_probs, val_labels = evaluate.predict_file(model, g, split["val"])
+    val_probs, val_labels = predict.predict_file(model, g, split["val"])
     before = evaluate.evaluate(model, g, split["test"], config.class_names, tta=config.tta)
     temperature = calibration.fit_temperature(val_probs, val_labels)
     calibration.apply_temperature(model, temperature)

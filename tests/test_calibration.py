@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from galaxy_class import calibration
-from galaxy_class.evaluate import predict_proba
+from galaxy_class.predict import predict_proba
 from galaxy_class.models import build_model
 
 
@@ -53,7 +53,7 @@ def test_a_runs_calibration_lowers_ece_on_held_out_dev_galaxies(pretrained_run, 
     import h5py
 
     from galaxy_class.data import open_galaxy10
-    from galaxy_class.evaluate import predict_file
+    from galaxy_class.predict import predict_file
     from galaxy_class.train import load_run
 
     model, _, _ = load_run(pretrained_run)  # trained on the bundled sample, its temperature fitted on its val split

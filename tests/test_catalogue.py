@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from galaxy_class import evaluate
+from galaxy_class import predict
 from galaxy_class.catalogue import column, write_catalogue
 from galaxy_class.cli import main
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.evaluate import predict_proba
+from galaxy_class.predict import predict_proba
 from galaxy_class.train import load_run
 
 
@@ -56,7 +56,7 @@ def test_an_interrupted_catalogue_resumes_only_with_the_same_model_and_an_existi
     model, config, _ = load_run(pretrained_run)
     whole = tmp_path / "whole.csv"
     write_catalogue(model, config, sample_file, whole, batch_size=500, progress=False, model_id="run A")
-    predict_views, classified = evaluate.predict_views, []
+    predict_views, classified = predict.predict_views, []
 
     def killed_after(batches):
         def call(model, images, tta=False):
@@ -68,13 +68,13 @@ def test_an_interrupted_catalogue_resumes_only_with_the_same_model_and_an_existi
 
     for out, resumed_by, expected in [("same.csv", "run A", 536), ("other.csv", "run B", 1536)]:
         classified.clear()
-        monkeypatch.setattr(evaluate, "predict_views", killed_after(2))
+        monkeypatch.setattr(predict, "predict_views", killed_after(2))
         with pytest.raises(KeyboardInterrupt):
             write_catalogue(model, config, sample_file, tmp_path / out, batch_size=500, progress=False,
                             model_id="run A")
         assert not (tmp_path / out).exists(), "no catalogue that looks complete"
         classified.clear()
-        monkeypatch.setattr(evaluate, "predict_views", killed_after(99))
+        monkeypatch.setattr(predict, "predict_views", killed_after(99))
         write_catalogue(model, config, sample_file, tmp_path / out, batch_size=500, progress=False,
                         model_id=resumed_by)
         assert (tmp_path / out).read_text() == whole.read_text()

@@ -9,7 +9,9 @@ from PIL import Image
 
 from galaxy_class.cli import main
 from galaxy_class.data import open_galaxy10, read_images
-from galaxy_class.export import TFLiteModel, default_path, export_tflite, graph_mode, load_tflite, parity_path
+from galaxy_class.export import default_path, export_tflite, parity_path
+from galaxy_class.predict import graph_mode
+from galaxy_class.tflite import TFLiteModel, load_tflite
 from galaxy_class.train import load_run
 
 # The tiny run predicts the majority class for every image, so any export of it agrees trivially: int8 is

@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.evaluate import predict_proba
+from galaxy_class.predict import predict_proba
 from galaxy_class.gradcam import gradcam, gradcam_figure, overlay
 from galaxy_class.models import build_model
 from galaxy_class.train import load_run

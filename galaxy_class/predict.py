@@ -1,0 +1,63 @@
+"""Running a trained model on images: a run folder's Keras model or an exported .tflite file, called alike
+(uint8 images in, probabilities out), one view or the mean of the 8 flips and rotations."""
+
+from pathlib import Path
+
+import numpy as np
+
+from galaxy_class.data import dihedral, make_dataset
+
+
+def load_model(path):
+    """(model, config, split) of a run folder, or of a .tflite file exported from one."""
+    if Path(path).suffix == ".tflite":
+        from galaxy_class.tflite import load_tflite
+
+        return load_tflite(path)
+    from galaxy_class.train import load_run
+
+    return load_run(path)
+
+
+def graph_mode(model):
+    """`model` called through a tf.function, i.e. with the numerics of `fit`, `predict` and the exported file."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec(model.input.shape, model.input.dtype)  # one trace for every batch size
+    call = tf.function(lambda images: model(images, training=False), input_signature=[spec])
+    return lambda images, training=False: call(images)
+
+
+def predict_views(model, images, tta=False):
+    """Class probabilities of each view of a uint8 batch, (views, b, K): the images as given, then with `tta`
+    their other 7 flips and rotations."""
+    return np.stack([np.asarray(model(dihedral(images, k), training=False)) for k in (range(8) if tta else [0])])
+
+
+def predict_proba(model, images, tta=False):
+    """Class probabilities for a uint8 batch; with `tta`, the mean over the 8 flips and rotations."""
+    return predict_views(model, images, tta).mean(axis=0)
+
+
+def predict_file(model, g, indices, batch_size=128, tta=False, first_view=False):
+    """Probabilities (n, K) and true labels (n,) for the images `indices` of a Galaxy10 file, streamed;
+    with `first_view`, also the probabilities of the unrotated images alone."""
+    probs, labels, first = [], [], []
+    for images, y in make_dataset(g, indices, batch_size):
+        views = predict_views(model, images, tta=tta)
+        probs.append(views.mean(axis=0))
+        first.append(views[0])
+        labels.append(np.asarray(y))
+    out = np.concatenate(probs), np.concatenate(labels)
+    return (*out, np.concatenate(first)) if first_view else out
+
+
+def classify(model, class_names, prepared, names, tta=False, batch_size=64):
+    """One result per (image, note) of `images.load_images`: the top class and its probability, every class's
+    probability, and how the image was cut; `names` label the results (file names)."""
+    images = np.stack([image for image, _ in prepared])
+    probs = np.concatenate([predict_proba(model, images[i:i + batch_size], tta=tta)
+                            for i in range(0, len(images), batch_size)])
+    return [{"image": str(name), "class": class_names[int(p.argmax())], "probability": float(p.max()),
+             "probabilities": dict(zip(class_names, map(float, p))), "preprocessing": note}
+            for name, (_, note), p in zip(names, prepared, probs)]
