@@ -1,9 +1,14 @@
 """Probabilities that mean what they say: temperature scaling (Guo et al. 2017) and the numbers that check it.
 
 A network trained with cross-entropy tends to be over- or under-confident. Dividing its logits by one
-temperature T, fitted on the validation split, keeps the class of every one-view prediction (a mean over 8
-views can change where the views disagree) and makes "0.8" right about 80% of the time. T is folded into the final Dense layer (weights / T), so every consumer of the saved
-model — evaluate, predict, catalogues, the web page, TFLite exports — gets calibrated probabilities.
+temperature T, fitted on the validation split, keeps the class of every one-view prediction and makes "0.8"
+right about 80% of the time. T is fitted to the probabilities the run reports: with test-time augmentation,
+the mean over the 8 views (averaging views already softens them, so a T fitted on one view over-softens the
+mean). T is folded into the final Dense layer (weights / T), so every consumer of the saved model — evaluate,
+predict, catalogues, the web page, TFLite exports — gets calibrated probabilities.
+
+ECE measured on a few hundred galaxies is noisy and biased upwards: even perfectly calibrated probabilities
+show an ECE well above zero there. `chance_ece` gives that level, to read a measured ECE against.
 """
 
 import numpy as np
@@ -15,19 +20,21 @@ _TINY = 1e-12
 
 
 def with_temperature(probs, temperature):
-    """Softmax probabilities recomputed with their logits divided by `temperature`."""
+    """Softmax probabilities (..., K) recomputed with their logits divided by `temperature`."""
     logits = np.log(np.clip(probs, _TINY, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
+    logits -= logits.max(axis=-1, keepdims=True)
     scaled = np.exp(logits)
-    return scaled / scaled.sum(axis=1, keepdims=True)
+    return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
 def fit_temperature(probs, labels):
-    """The temperature that minimises the log-loss of `probs` (n, K) on integer `labels`."""
+    """The temperature that minimises the log-loss on integer `labels` of `probs`: (n, K) of one view, or
+    (views, n, K) of several, whose mean is then what is scored (each view rescaled, then averaged)."""
     labels = np.asarray(labels)
+    views = probs if probs.ndim == 3 else probs[None]
 
     def nll(log_t):
-        p = with_temperature(probs, np.exp(log_t))
+        p = with_temperature(views, np.exp(log_t)).mean(axis=0)
         return -np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], _TINY, 1.0)))
 
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
@@ -50,16 +57,32 @@ def reliability(probs, labels, bins=BINS):
             "count": count.tolist()}
 
 
+def ece(probs, labels, bins=BINS):
+    """Expected calibration error of the top class: the count-weighted gap between confidence and accuracy."""
+    table = reliability(probs, labels, bins)
+    gaps = np.abs(np.asarray(table["accuracy"]) - table["confidence"])
+    return float(np.sum(np.asarray(table["count"]) * gaps) / len(probs))
+
+
 def scores(probs, labels, bins=BINS):
     """Expected calibration error (top class, `bins` bins), multi-class Brier score and log-loss."""
     labels = np.asarray(labels)
-    table = reliability(probs, labels, bins)
-    count = np.asarray(table["count"])
-    ece = float(np.sum(count * np.abs(np.asarray(table["accuracy"]) - table["confidence"])) / len(labels))
     onehot = np.eye(probs.shape[1])[labels]
-    return {"ece": ece, "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
+    return {"ece": ece(probs, labels, bins), "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
             # int8 TFLite outputs are quantized and sum to one only roughly
             "log_loss": float(log_loss(labels, _normalised(probs), labels=range(probs.shape[1])))}
+
+
+def chance_ece(probs, bins=BINS, draws=1000, seed=0):
+    """The ECE that perfectly calibrated probabilities `probs` (n, K) would show on n galaxies, from `draws`
+    label sets drawn from them (seeded): (mean, 5th, 95th percentile)."""
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(_normalised(probs), axis=1)
+    eces = []
+    for _ in range(draws):
+        labels = np.minimum((rng.random((len(probs), 1)) > cumulative).sum(axis=1), probs.shape[1] - 1)
+        eces.append(ece(probs, labels, bins))
+    return float(np.mean(eces)), float(np.percentile(eces, 5)), float(np.percentile(eces, 95))
 
 
 def _normalised(probs):

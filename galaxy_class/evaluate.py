@@ -4,7 +4,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from galaxy_class import calibration
-from galaxy_class.predict import predict_file
+from galaxy_class.predict import predict_file_views
 
 
 def metrics(labels, probs, class_names):
@@ -29,11 +29,12 @@ def metrics(labels, probs, class_names):
 
 def evaluate(model, g, indices, class_names, tta=False, batch_size=128):
     """Metrics of `model` on the images `indices` of the Galaxy10 file `g`."""
-    probs, labels, first = predict_file(model, g, indices, batch_size=batch_size, tta=tta, first_view=True)
-    one_view = metrics(labels, first, class_names)
+    views, labels = predict_file_views(model, g, indices, batch_size=batch_size, tta=tta)
+    probs, one_view = views.mean(axis=0), metrics(labels, views[0], class_names)
     return {**metrics(labels, probs, class_names), "tta": bool(tta),
             "one_view": {"accuracy": one_view["accuracy"], "macro_f1": one_view["macro_f1"]},
-            **calibration.scores(probs, labels), "reliability": calibration.reliability(probs, labels)}
+            **calibration.scores(probs, labels), "reliability": calibration.reliability(probs, labels),
+            "ece_if_calibrated": dict(zip(("mean", "p5", "p95"), calibration.chance_ece(probs)))}
 
 
 def report(m):
@@ -45,6 +46,10 @@ def report(m):
                      f"macro-F1 {m['one_view']['macro_f1']:.3f}")
     if "ece" in m:
         line = f"probabilities: ECE {m['ece']:.3f}, Brier {m['brier']:.3f}, log-loss {m['log_loss']:.3f}"
+        if "ece_if_calibrated" in m:
+            chance = m["ece_if_calibrated"]
+            line += (f" (perfectly calibrated probabilities would show an ECE of {chance['mean']:.3f} on {m['n']} "
+                     f"images, 5-95%: {chance['p5']:.3f}-{chance['p95']:.3f})")
         if "calibration" in m:
             before = m["calibration"]["test_before"]
             line += (f" (temperature {m['calibration']['temperature']:.2f}, fitted on the validation split; "

@@ -95,6 +95,11 @@ def results_markdown(metrics, test_labels, dataset):
                       f"validation split) the expected calibration error on the test split is {metrics['ece']:.3f}, "
                       f"against {cal['test_before']['ece']:.3f} before; log-loss {metrics['log_loss']:.3f} "
                       f"({cal['test_before']['log_loss']:.3f} before)."]
+        if "ece_if_calibrated" in metrics:
+            chance = metrics["ece_if_calibrated"]
+            lines[-1] += (f" Even perfectly calibrated probabilities would show an ECE of about {chance['mean']:.3f} "
+                          f"on {n} galaxies (5-95%: {chance['p5']:.3f}-{chance['p95']:.3f}), so read differences "
+                          "below that as noise.")
     lines += [
         "",
         f"How far to trust these numbers: with {n} test galaxies one galaxy moves accuracy by "

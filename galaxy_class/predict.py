@@ -39,17 +39,21 @@ def predict_proba(model, images, tta=False):
     return predict_views(model, images, tta).mean(axis=0)
 
 
-def predict_file(model, g, indices, batch_size=128, tta=False, first_view=False):
-    """Probabilities (n, K) and true labels (n,) for the images `indices` of a Galaxy10 file, streamed;
-    with `first_view`, also the probabilities of the unrotated images alone."""
-    probs, labels, first = [], [], []
+def predict_file_views(model, g, indices, batch_size=128, tta=False):
+    """Probabilities of each view (views, n, K) and true labels (n,) for the images `indices` of a Galaxy10 file,
+    streamed: one view, or with `tta` the 8 flips and rotations (the unrotated images first)."""
+    views, labels = [], []
     for images, y in make_dataset(g, indices, batch_size):
-        views = predict_views(model, images, tta=tta)
-        probs.append(views.mean(axis=0))
-        first.append(views[0])
+        views.append(predict_views(model, images, tta=tta))
         labels.append(np.asarray(y))
-    out = np.concatenate(probs), np.concatenate(labels)
-    return (*out, np.concatenate(first)) if first_view else out
+    return np.concatenate(views, axis=1), np.concatenate(labels)
+
+
+def predict_file(model, g, indices, batch_size=128, tta=False):
+    """Probabilities (n, K) and true labels (n,) for the images `indices` of a Galaxy10 file, streamed; with
+    `tta`, the mean over the 8 flips and rotations."""
+    views, labels = predict_file_views(model, g, indices, batch_size, tta)
+    return views.mean(axis=0), labels
 
 
 def classify(model, class_names, prepared, names, tta=False, batch_size=64):

@@ -30,6 +30,31 @@ def test_the_fitted_temperature_undoes_overconfidence():
     assert after["log_loss"] < before["log_loss"] and after["brier"] < before["brier"]
 
 
+def test_with_views_the_temperature_calibrates_their_mean():
+    """Views that each add their own over-confident noise to the true logits: their mean is softer than any one
+    of them, so the temperature that calibrates the mean is not the one-view temperature."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2, (20_000, 4))
+    labels = np.array([rng.choice(4, p=p) for p in np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)])
+    noisy = 2.0 * (logits + rng.normal(0, 0.5, (8, *logits.shape)))
+    views = np.exp(noisy) / np.exp(noisy).sum(axis=2, keepdims=True)
+    mean_fit, one_view_fit = calibration.fit_temperature(views, labels), calibration.fit_temperature(views[0], labels)
+    assert mean_fit < one_view_fit
+    assert calibration.fit_temperature(views[:1], labels) == pytest.approx(one_view_fit)
+
+    def mean_ece(temperature):
+        return calibration.scores(calibration.with_temperature(views, temperature).mean(axis=0), labels)["ece"]
+
+    assert mean_ece(mean_fit) < 0.015 < 0.03 < mean_ece(one_view_fit)
+
+
+def test_chance_ece_is_what_calibrated_probabilities_show_on_few_galaxies():
+    probs, labels = calibrated_sample(seed=3)
+    few, many = calibration.chance_ece(probs[:400], draws=300), calibration.chance_ece(probs, draws=50)
+    assert many[0] < 0.015 and few[0] > 2 * many[0], "fewer galaxies, larger ECE by chance"
+    assert few[1] <= calibration.scores(probs[:400], labels[:400])["ece"] <= few[2]
+
+
 def test_scores_of_right_probabilities_are_near_perfect_calibration():
     probs, labels = calibrated_sample(seed=1)
     table = calibration.reliability(probs, labels)
