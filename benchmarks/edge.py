@@ -27,7 +27,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RESULTS = Path(__file__).resolve().parent / "edge_results.md"
-TARGETS = {"size": 0.3, "speedup": 5.0, "accuracy_points": -1.0}
+# Issue 13: the int8 file at most 0.35x the float32 one, at most 1 point of accuracy lost, 97% top-1 agreement.
+TARGETS = {"size": 0.35, "speedup": 5.0, "accuracy_points": -1.0, "agreement": 0.97}
 
 
 def latency_ms(call, images, warmup, runs):
@@ -105,16 +106,17 @@ def formats_table(rows):
 
 def targets(rows, int8_parity):
     """The issue's int8 targets, per model: met or not."""
-    lines = ["| model | int8 size ≤ 0.30x float | ≥ 5x faster than predict | ≤ 1 point accuracy lost | "
-             "int8 top-1 agreement with Keras |", "|---|---|---|---|---|"]
+    lines = ["| model | int8 size ≤ 0.35x float | ≥ 5x faster than predict | ≤ 1 point accuracy lost | "
+             "≥ 97% top-1 agreement with Keras |", "|---|---|---|---|---|"]
     for r in (r for r in rows if r["format"] == "TFLite int8"):
         size = f"{r['size_ratio']:.2f}x"
         speed = f"{r['speedup']:.1f}x"
         accuracy = f"{r['accuracy_change']:+.1f}"
+        agreement = int8_parity[r["model"]]["top1_agreement"]
         lines.append(f"| {r['model']} | {_mark(r['size_ratio'] <= TARGETS['size'], size)} | "
                      f"{_mark(r['speedup'] >= TARGETS['speedup'], speed)} | "
                      f"{_mark(r['accuracy_change'] >= TARGETS['accuracy_points'], accuracy)} | "
-                     f"{int8_parity[r['model']]['top1_agreement']:.1%} |")
+                     f"{_mark(agreement >= TARGETS['agreement'], f'{agreement:.1%}')} |")
     return "\n".join(lines)
 
 

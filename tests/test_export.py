@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from galaxy_class.cli import main
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.export import default_path, export_tflite, parity_path
 from galaxy_class.predict import graph_mode
+from galaxy_class.quantize import correct_bias, equalize_activations, int8_weights
 from galaxy_class.tflite import TFLiteModel, load_tflite
 from galaxy_class.train import load_run
 
@@ -21,6 +23,9 @@ from galaxy_class.train import load_run
 # probabilities of each class correlate 0.74-0.86 with the Keras model's from image to image.
 INT8_AGREEMENT = 0.55
 INT8_CORRELATION = 0.6
+# The bundled MobileNet sample run, trained to convergence: its int8 file must follow it closely.
+SAMPLE_RUN = Path(__file__).resolve().parents[1] / "models" / "mobilenet_sample"
+TRAINED_INT8_AGREEMENT = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,14 @@ def pretrained_run(tiny_config, shared_weights, tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8(pretrained_run):
     return export_tflite(pretrained_run, "int8", calibration_images=100, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def trained_int8(tmp_path_factory):
+    if not (SAMPLE_RUN / "model.keras").exists():
+        pytest.skip(f"{SAMPLE_RUN} is absent")
+    out = tmp_path_factory.mktemp("export") / "mobilenet_sample_int8.tflite"
+    return export_tflite(SAMPLE_RUN, "int8", out=out, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +116,45 @@ def test_int8_export_agrees_with_the_keras_model_on_real_images(pretrained_run, 
         assert np.corrcoef(probs[:, k], expected[:, k])[0, 1] >= INT8_CORRELATION
     np.testing.assert_allclose(probs.sum(1), 1, atol=0.05)
     assert int8["keras_accuracy"] == pytest.approx(np.mean(expected.argmax(1) == labels))
+
+
+def test_int8_export_of_a_trained_mobilenet_follows_it_on_real_images(trained_int8):
+    assert trained_int8["n"] > 100
+    assert trained_int8["top1_agreement"] >= TRAINED_INT8_AGREEMENT
+    assert trained_int8["tflite_accuracy"] >= trained_int8["keras_accuracy"] - 0.01
+
+
+def test_equalisation_leaves_the_float_model_unchanged_and_scales_quiet_channels_up(pretrained_run):
+    model, config, split = load_run(pretrained_run)
+    g = open_galaxy10(config.data_path)
+    # Exact on the images the channels were measured on; an unseen image brighter than HEADROOM times a
+    # channel's peak is clipped there (export measures on 8 views of every calibration image).
+    images = read_images(g, split["test"])
+    equalized = equalize_activations(model, images)
+    np.testing.assert_allclose(graph_mode(equalized)(images), graph_mode(model)(images), atol=1e-4)
+    gammas = [(layer.get_weights()[0], equalized.get_layer("base").get_layer(layer.name).get_weights()[0])
+              for layer in model.get_layer("base").layers if layer.name.endswith("_bn")]
+    assert all(np.all(after >= before * (1 - 1e-6)) for before, after in gammas if np.all(before > 0))
+    assert sum(np.sum(after > 1.5 * before) for before, after in gammas) > 10
+
+
+def test_bias_correction_rounds_kernels_to_int8_and_brings_the_rounded_model_back_to_the_float_one(pretrained_run):
+    model, config, split = load_run(pretrained_run)
+    g = open_galaxy10(config.data_path)
+    corrected = correct_bias(model, read_images(g, split["train"][:200]))
+    base = corrected.get_layer("base")
+    kernel = base.get_layer("conv_pw_1").get_weights()[0]
+    np.testing.assert_allclose(kernel, int8_weights(kernel, 3), atol=1e-7)
+    # The same rounded kernels without the corrected means, for comparison.
+    rounded = correct_bias(model, read_images(g, split["train"][:200]))
+    for layer in rounded.get_layer("base").layers:
+        if layer.name.endswith("_bn"):
+            layer.set_weights(model.get_layer("base").get_layer(layer.name).get_weights())
+    images = read_images(g, split["test"])
+    expected = np.asarray(graph_mode(model)(images))
+    error = {name: np.abs(np.asarray(graph_mode(m)(images)) - expected).mean()
+             for name, m in [("corrected", corrected), ("rounded", rounded)]}
+    assert error["corrected"] < 0.7 * error["rounded"], error
 
 
 def test_evaluate_and_predict_on_a_tflite_file_print_what_they_print_for_the_run(capsys, pretrained_run, int8,
