@@ -23,7 +23,7 @@ from galaxy_class import cutout
 from galaxy_class.images import run_recipe, to_rgb8
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.predict import predict_proba
-from galaxy_class.gradcam import gradcam, overlay
+from galaxy_class.gradcam import colour_bar, gradcam, overlay
 from galaxy_class.server import (CONNECTION_TIMEOUT, LOOPBACK, MAX_URL_BYTES, cross_site, host_names, listen,
                                  names_this_server, url_host)
 from galaxy_class.train import load_run
@@ -84,10 +84,12 @@ class Classifier:
                 "test_accuracy": metrics.get("accuracy"), "test_images": metrics.get("n"),
                 "max_upload_bytes": MAX_UPLOAD_BYTES, "formats": list(FORMATS),
                 "stored_size": self.input_shape[0], "cutout": self.recipe.to_dict() if self.recipe else None,
+                "colour_bar": _data_url(colour_bar()),
                 "samples": [{"id": i, "label": label} for i, (_, label) in enumerate(self.samples)]}
 
     def classify(self, image):
-        """Probabilities, the image the model saw, and one Grad-CAM overlay per class, for a uint8 (H, W, 3) image."""
+        """Probabilities, the image the model saw, and one Grad-CAM overlay per class (averaged over the 8 flips
+        and rotations), for a uint8 (H, W, 3) image."""
         k = len(self.config.class_names)
         with self._lock:
             probs = predict_proba(self.model, image[None])[0]

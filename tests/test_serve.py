@@ -71,6 +71,9 @@ def test_page_and_info_describe_the_run(client, tiny_run, tiny_config):
     assert info["class_names"] == names
     assert [s["label"] for s in info["samples"]] == [name for name in names for _ in range(2)]
     assert client.get("/samples/0.png").data.startswith(b"\x89PNG")
+    colours = Image.open(io.BytesIO(base64.b64decode(info["colour_bar"].split(",", 1)[1]))).convert("RGB")
+    left, right = colours.getpixel((0, 0)), colours.getpixel((colours.width - 1, 0))
+    assert left[2] > left[0] and right[0] > right[2]  # the overlay's scale: blue for no heat, red for the peak
 
 
 def test_upload_gets_the_same_probabilities_as_cli_predict(client, capsys, tiny_run, galaxy_png):
@@ -327,6 +330,8 @@ def test_page_in_chromium_identifies_an_upload_like_cli_predict(browser, app, ca
         other.click()
         assert browser.find_element("id", "cam-class").text == other.get_attribute("data-class")
         assert browser.execute_script("return document.getElementById('overlay').naturalWidth") > 0
+        assert browser.execute_script("return document.getElementById('colour-bar').naturalWidth") > 0
+        assert browser.find_element("id", "colour-bar").is_displayed()
         shot = tmp_path / "page.png"
         assert browser.save_screenshot(str(shot))
         assert Image.open(shot).size[0] >= 1000

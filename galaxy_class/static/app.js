@@ -105,6 +105,7 @@ async function start() {
     : `, test accuracy ${percent(info.test_accuracy)} on ${info.test_images} images`;
   $("model-info").textContent = `Run ${info.run}: ${info.model}, ${info.class_names.length} classes${accuracy}`;
   $("max-size").textContent = `${info.max_upload_bytes / 2 ** 20} MB`;
+  $("colour-bar").src = info.colour_bar;
   const recipe = info.cutout;
   $("recipe").textContent = recipe
     ? `auto: a ${recipe.raw_size} px survey cutout is cut to its central ${recipe.crop} px, as the training `

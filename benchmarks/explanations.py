@@ -1,0 +1,150 @@
+"""Do the Grad-CAM maps sit on the galaxy, and do they depend on what the model learned?
+
+    python benchmarks/explanations.py RUN_DIR [RUN_DIR ...] [--split test] [--limit N] [--candidates]
+
+For the held-out galaxies of each run (its `split.npz`; the file's cutouts are centred on their galaxy), prints
+side by side for Grad-CAM as it was (the base's last feature map, the image as given) and as `gradcam` makes
+it now: the mean share of each map's heat inside the central disk (radius 1/4 of the image width), the share
+of maps whose peak lies inside it, and the same for a flat map. Both explain the same class, the 8-view
+prediction. The sanity check of Adebayo et al. (2018) follows: the mean Spearman rank correlation, per
+galaxy, between a map and the map of the same model with its top layer, then all its weights, randomised
+(seeded); a map that explains the model should change, so low is good. With `--candidates`, also prints
+each layer, number of views and clipping rule we tried, and Grad-CAM++ (Chattopadhyay et al. 2018).
+The randomised models' own centrality shows how much of it any map of a centred galaxy gets.
+The central disk is a proxy: it rewards maps on the galaxy, not maps on the right part of it.
+"""
+
+import argparse
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scipy.stats import spearmanr
+
+from galaxy_class.data import open_galaxy10, read_images
+from galaxy_class.gradcam import gradcam, scaled_to_peak, to_image_frame, view_gradients
+from galaxy_class.models import base_model
+from galaxy_class.predict import predict_proba
+from galaxy_class.train import load_run
+
+BATCH = 16  # galaxies at a time: 8 views each, and the gradient tape keeps every activation
+# Layers tried per architecture, last first; the others are tried at their base's output only.
+CANDIDATE_LAYERS = {"mobilenet": ["conv_pw_13_relu", "conv_pw_12_relu", "conv_pw_11_relu"],
+                    "squeezenet": ["fire9_concat", "fire8_concat"]}
+
+
+def central_disk(size):
+    """Boolean (H, W) mask of the disk of radius W/4 around the image centre."""
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= (w / 4) ** 2
+
+
+def centrality(maps):
+    """Mean share of heat in the central disk and share of peaks inside it; an all-zero map counts as flat."""
+    disk = central_disk(maps.shape[1:])
+    total = maps.sum(axis=(1, 2))
+    share = np.where(total > 0, (maps * disk).sum(axis=(1, 2)) / np.maximum(total, 1e-12), disk.mean())
+    peaks = disk.ravel()[maps.reshape(len(maps), -1).argmax(axis=1)]
+    return share.mean(), peaks.mean()
+
+
+def batched(fn, images, classes):
+    """`fn(images, classes)` over a few galaxies at a time, joined."""
+    return np.concatenate([fn(images[i:i + BATCH], classes[i:i + BATCH]) for i in range(0, len(images), BATCH)])
+
+
+def randomised(model, top_only, seed=0):
+    """A copy of `model` with fresh initial weights: only in its output layer, or everywhere."""
+    keras.utils.set_random_seed(seed)
+    copy = keras.models.clone_model(model)
+    if top_only:
+        copy.set_weights(model.get_weights())
+        dense = copy.layers[-1]
+        dense.kernel.assign(dense.kernel_initializer(dense.kernel.shape))
+        dense.bias.assign(np.zeros(dense.bias.shape, "float32"))
+    return copy
+
+
+def rank_correlation(a, b):
+    """Mean Spearman correlation of paired maps, over the pairs where neither map is constant, and that count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant map has no ranks: it is counted, not averaged
+        rho = np.array([spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b)])
+    finite = np.isfinite(rho)
+    return (rho[finite].mean() if finite.any() else float("nan")), int(finite.sum())
+
+
+def variants(model, images, classes, layer, views):
+    """Maps of one layer and number of views, combined three ways."""
+    def combine(rule, images, classes):
+        features, grads = view_gradients(model, images, classes, views, layer)
+        if rule == "Grad-CAM++":
+            # Chattopadhyay et al. (2018), eq. 19, with the exponential of the score as in their code.
+            g2, g3 = grads ** 2, grads ** 3
+            alpha = tf.math.divide_no_nan(g2, 2 * g2 + tf.reduce_sum(features, axis=(2, 3), keepdims=True) * g3)
+            weights = tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(2, 3))
+        else:
+            weights = tf.reduce_mean(grads, axis=(2, 3))
+        signed = to_image_frame(tf.einsum("vnhwc,vnc->vnhw", features, weights)[..., None])
+        if rule == "clip after averaging":
+            cam = tf.nn.relu(tf.reduce_mean(signed, axis=0))
+        else:
+            cam = tf.reduce_mean(tf.nn.relu(signed), axis=0)
+        return scaled_to_peak(cam, images.shape[1:3])
+
+    rules = ["clip each view", "clip after averaging", "Grad-CAM++"] if views > 1 else ["clip each view", "Grad-CAM++"]
+    for rule in rules:
+        yield rule, batched(lambda x, c: combine(rule, x, c), images, classes)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--limit", type=int, default=0, help="only the first N galaxies of the split")
+    parser.add_argument("--candidates", action="store_true", help="also print every layer and rule tried")
+    args = parser.parse_args()
+
+    rows = []
+    for run in args.runs:
+        model, config, split = load_run(run)
+        g = open_galaxy10(config.data_path)
+        indices = np.sort(split[args.split])[:args.limit or None]
+        images = read_images(g, indices)
+        classes = predict_proba(model, images, tta=True).argmax(axis=1)
+        last = base_model(model).layers[-1].name
+        methods = {f"before: {last}, 1 view": dict(views=1, layer=last), "after: `gradcam`": {}}
+        disk = central_disk(images.shape[1:3]).mean()
+        rows.append(f"| {run.name} | flat map (peak: a random pixel) | trained | {disk:.3f} | {disk:.3f} | |")
+        weights = {"trained": model, "top layer randomised": randomised(model, top_only=True),
+                   "all weights randomised": randomised(model, top_only=False)}
+        for name, kwargs in methods.items():
+            trained = None
+            for kind, m in weights.items():
+                maps = batched(lambda x, c: gradcam(m, x, c, **kwargs), images, classes)
+                heat, peaks = centrality(maps)
+                if trained is None:
+                    trained, rho = maps, ""
+                else:
+                    r, n = rank_correlation(trained, maps)
+                    rho = f"{r:.2f}" + (f" ({len(maps) - n} maps constant)" if n < len(maps) else "")
+                rows.append(f"| {run.name} | {name} | {kind} | {heat:.3f} | {peaks:.3f} | {rho} |")
+        print(f"{run.name}: {len(images)} {args.split} galaxies of {Path(config.data_path).name}", flush=True)
+        if args.candidates:
+            for layer in CANDIDATE_LAYERS.get(config.model, [last]):
+                for views in (1, 8):
+                    for rule, maps in variants(model, images, classes, layer, views):
+                        heat, peaks = centrality(maps)
+                        print(f"  candidate | {layer} | {views} view{'s' * (views > 1)} | {rule} | "
+                              f"{heat:.3f} | {peaks:.3f} |", flush=True)
+    print("\n| run | Grad-CAM | weights | heat in central disk | peaks in central disk "
+          "| rank correlation with the trained model's maps |")
+    print("|---|---|---|---:|---:|---:|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
