@@ -1,13 +1,15 @@
-"""Streaming the HDF5 file with tf.data versus loading the whole array into RAM: images/s and peak memory.
+"""Input pipeline speed and memory on files shaped like Galaxy10 DECaLS: each input mode, side by side.
 
-    python benchmarks/data_pipeline.py                  # full run: writes a ~3.5 GB temporary file
-    python benchmarks/data_pipeline.py --decals-n 2000  # quick run
+    python benchmarks/data_pipeline.py            # 17,736 images: writes ~6 GB of temporary files
+    python benchmarks/data_pipeline.py --n 3000   # quick run
 
-1. Throughput on a real file (default the shared dev file): batches delivered per second by
-   make_dataset (shuffled, with and without augmentation) and by the old notebooks' way (the whole
-   `images` array read and converted to float, then shuffled numpy batches). No model: data only.
-2. Peak resident memory of each approach, each in its own process, on a generated file shaped like
-   Galaxy10 DECaLS (17,736 x 256x256x3 uint8), deleted afterwards.
+Two generated files of n 256x256x3 uint8 images, one chunk per image: gzip-compressed like the real
+Galaxy10 DECaLS file (the generator's images compress about as well as the real ones, ~0.77) and
+uncompressed. On each, images/s of one shuffled pass (batch 64), no model, data only:
+  - before: the previous pipeline, one h5py read at a time, flips and rotations in a tf.data map;
+  - stream: galaxy_class.batches reading from the file (raw chunks inflated in worker threads);
+  - ram: the same batches from the images read once into memory (reading them is timed apart).
+Then peak resident memory of each mode, each in a fresh process, on the compressed file. Files are deleted.
 """
 
 import argparse
@@ -18,70 +20,109 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-DEV_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz1_sdss_dev.h5"
-# The old notebooks' float conversion (float64, what `images / 255` gives) and a thriftier float32 one.
-CONVERSIONS = {
-    "float64": "x = images / 255.0",
-    "float32": "x = images.astype(np.float32); x /= 255",
-}
+DISTINCT = 512  # distinct images; the rest repeat them (each chunk is still read and inflated on its own)
 
 
-def stream_epochs(path, batch_size, augment, epochs=3):
-    """Seconds per epoch of a shuffled make_dataset pass over every image of the file."""
-    from galaxy_class.data import make_dataset, open_galaxy10
+def decals_like_images(n, seed=0):
+    """n galaxy-like 256x256x3 uint8 images: a noisy sky and one elliptical blob with a Sersic-like profile."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256] - 127.5
+    out = np.empty((n, 256, 256, 3), np.uint8)
+    for i in range(n):
+        angle, axis_ratio, radius = rng.uniform(0, np.pi), rng.uniform(0.3, 1), rng.uniform(4, 30)
+        u = xx * np.cos(angle) + yy * np.sin(angle)
+        v = (yy * np.cos(angle) - xx * np.sin(angle)) / axis_ratio
+        profile = rng.uniform(60, 200) * np.exp(-3 * (np.hypot(u, v) / radius) ** 0.5)
+        # Sky noise of sigma 16 makes gzip shrink the images to ~0.77, as it does the real DECaLS ones.
+        galaxy = profile[..., None] * rng.uniform(0.7, 1.2, 3)
+        image = np.array([40, 45, 50]) + galaxy + rng.normal(0, 16, (256, 256, 3))
+        out[i] = np.clip(image, 0, 255)
+    return out
+
+
+def write_decals_like(path, n, compressed):
+    """A DECaLS-shaped Galaxy10 file, one chunk per image, gzip level 4 (h5py's default) or raw; returns
+    the compressed size over the raw size."""
+    images = decals_like_images(min(n, DISTINCT))
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        chunks = list(pool.map(lambda im: zlib.compress(im.tobytes(), 4) if compressed else im.tobytes(), images))
+    with h5py.File(path, "w") as f:
+        options = {"compression": "gzip"} if compressed else {}
+        dset = f.create_dataset("images", (n, 256, 256, 3), np.uint8, chunks=(1, 256, 256, 3), **options)
+        for i in range(n):  # the chunks as HDF5's deflate filter writes them, without compressing each again
+            dset.id.write_direct_chunk((i, 0, 0, 0), chunks[i % len(chunks)])
+        f["ans"] = np.random.default_rng(0).integers(0, 10, n).astype(np.uint8)
+    return sum(map(len, chunks)) / images.nbytes
+
+
+def before_dataset(g, indices, batch_size, augment, seed=0):
+    """The pipeline as it was before batches.py: one h5py read at a time, augmentation by tf ops."""
+    import tensorflow as tf
+
+    from galaxy_class.data import _read
+
+    def generate():
+        rng = np.random.default_rng([seed, 0])
+        order = rng.permutation(indices)
+        with h5py.File(g.path, "r") as f:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                yield _read(f["images"], batch), g.labels[batch], rng.integers(2**31, size=2)
+
+    def random_dihedral(images, aug_seed):
+        from galaxy_class.batches import dihedral
+
+        k = tf.random.stateless_uniform([tf.shape(images)[0]], aug_seed, maxval=8, dtype=tf.int32)
+        groups = tf.dynamic_partition(images, k, 8)
+        positions = tf.dynamic_partition(tf.range(tf.shape(images)[0]), k, 8)
+        return tf.dynamic_stitch(positions, [dihedral(group, j) for j, group in enumerate(groups)])
+
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec((None, *g.image_shape), tf.uint8), tf.TensorSpec((None,), tf.int32),
+        tf.TensorSpec((2,), tf.int64)))
+    dataset = dataset.map(lambda x, y, s: (random_dihedral(x, s) if augment else x, y),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def one_pass(path, mode, batch_size, augment):
+    """(images, seconds to read them into memory (ram only), seconds of one shuffled pass, CPU seconds of
+    this process during it)."""
+    from galaxy_class.batches import make_dataset, open_images
+    from galaxy_class.data import open_galaxy10
 
     g = open_galaxy10(Path(path))
-    dataset = make_dataset(g, np.arange(g.n), batch_size, shuffle=True, augment=augment)
-    seconds = []
-    for _ in range(epochs):
+    indices = np.arange(g.n)
+    load = 0.0
+    if mode == "before":
+        dataset = before_dataset(g, indices, batch_size, augment)
+    else:
         start = time.perf_counter()
-        for _ in dataset:
-            pass
-        seconds.append(time.perf_counter() - start)
-    return g.n, seconds
+        source = open_images(g, indices, cache=mode)
+        load = time.perf_counter() - start
+        dataset = make_dataset(g, indices, batch_size, shuffle=True, augment=augment, source=source)
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in dataset:
+        pass
+    return g.n, load, time.perf_counter() - start, time.process_time() - cpu
 
 
-def in_ram_epochs(path, batch_size, dtype, n=None, epochs=3):
-    """Seconds to load and convert the array, then per shuffled epoch of numpy batches."""
-    start = time.perf_counter()
-    with h5py.File(path, "r") as f:
-        images, labels = f["images"][:n], f["ans"][:n]
-    x = images / 255.0 if dtype == "float64" else images.astype(np.float32)
-    if dtype == "float32":
-        x /= 255
-    load = time.perf_counter() - start
-    rng = np.random.default_rng(0)
-    seconds = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        order = rng.permutation(len(x))
-        for i in range(0, len(x), batch_size):
-            batch = order[i : i + batch_size]
-            _ = x[batch], labels[batch]
-        seconds.append(time.perf_counter() - start)
-    return len(x), load, seconds
-
-
-def child(mode, path, batch_size, n):
-    """Run one approach in this (fresh) process and print its peak RSS and timings as JSON."""
-    import tensorflow  # noqa: F401  every approach pays for TensorFlow, as a training script does
+def child(mode, path, batch_size):
+    """One shuffled, augmented pass in this (fresh) process; prints its timings and peak RSS as JSON."""
+    import tensorflow  # noqa: F401 (every mode pays for TensorFlow, as a training script does)
 
     result = {}
-    if mode == "stream":
-        count, seconds = stream_epochs(path, batch_size, augment=True, epochs=1)
-        result = {"images": count, "seconds": seconds[0]}
-    elif mode == "uint8":
-        with h5py.File(path, "r") as f:
-            result = {"images": len(f["images"][:n])}
-    elif mode in CONVERSIONS:
-        count, load, _ = in_ram_epochs(path, batch_size, mode, n=n, epochs=0)
-        result = {"images": count, "seconds": load}
+    if mode != "baseline":
+        n, load, seconds, _ = one_pass(path, mode, batch_size, augment=True)
+        result = {"images": n, "load": load, "seconds": seconds}
     result["peak_rss_gb"] = peak_rss_gb()
     print(json.dumps(result))
 
@@ -96,84 +137,59 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9  # bytes on macOS
 
 
-def measure(mode, path, batch_size, n=None):
+def measure(mode, path, batch_size):
     command = [sys.executable, __file__, "--child", mode, "--data", str(path), "--batch-size", str(batch_size)]
-    out = subprocess.run(command + (["--n", str(n)] if n else []), capture_output=True, text=True, check=True)
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def write_decals_like(path, n):
-    """n random-ish 256x256x3 uint8 images with labels 0..9, one uncompressed chunk per image."""
-    rng = np.random.default_rng(0)
-    block = rng.integers(0, 256, (256, 256, 256, 3), dtype=np.uint8)
-    with h5py.File(path, "w") as f:
-        images = f.create_dataset("images", (n, 256, 256, 3), np.uint8, chunks=(1, 256, 256, 3))
-        for start in range(0, n, len(block)):
-            stop = min(start + len(block), n)
-            images[start:stop] = block[: stop - start] ^ np.uint8(start // len(block))
-        f.create_dataset("ans", data=rng.integers(0, 10, n, dtype=np.uint8))
-
-
-def throughput_table(path, batch_size):
-    rows = []
-    n, seconds = stream_epochs(path, batch_size, augment=False)
-    rows.append(("make_dataset, shuffled", n / seconds[0], n / min(seconds[1:])))
-    n, seconds = stream_epochs(path, batch_size, augment=True)
-    rows.append(("make_dataset, shuffled + dihedral augmentation", n / seconds[0], n / min(seconds[1:])))
-    for dtype, code in CONVERSIONS.items():
-        n, load, seconds = in_ram_epochs(path, batch_size, dtype)
-        rows.append((f"in RAM, {code}", n / (load + seconds[0]), n / min(seconds[1:])))
-    print(f"Throughput on {path} ({n} images, batch {batch_size}, {os.cpu_count()} CPUs), images/s")
-    print(f"  {'approach':<52} {'1st epoch':>10} {'later (best of 2)':>18}")
-    for name, first, second in rows:
-        print(f"  {name:<52} {first:>10,.0f} {second:>18,.0f}")
-    print("  (1st epoch of the in-RAM rows includes reading the file and converting to float)")
-
-
-def memory_table(n, batch_size, fraction):
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "decals_like.h5"
-        start = time.perf_counter()
-        write_decals_like(path, n)
-        print(f"\nPeak resident memory, each approach in a fresh process, on a generated DECaLS-shaped file")
-        print(
-            f"({n} x 256x256x3 uint8, {path.stat().st_size / 1e9:.2f} GB uncompressed, one chunk per image; "
-            f"written in {time.perf_counter() - start:.0f} s)"
-        )
-        base = measure("baseline", path, batch_size)["peak_rss_gb"]
-        stream = measure("stream", path, batch_size)
-        uint8 = measure("uint8", path, batch_size)["peak_rss_gb"]
-        print(f"  {'TensorFlow imported, nothing else':<60} {base:6.2f} GB")
-        print(
-            f"  {'make_dataset, one shuffled + augmented epoch, batch ' + str(batch_size):<60} "
-            f"{stream['peak_rss_gb']:6.2f} GB   ({stream['images'] / stream['seconds']:,.0f} images/s)"
-        )
-        print(f"  {'in RAM, uint8 array loaded (no conversion)':<60} {uint8:6.2f} GB")
-        part = max(1, round(n * fraction))
-        for dtype, code in CONVERSIONS.items():
-            peak = measure(dtype, path, batch_size, part)["peak_rss_gb"]
-            whole = base + (peak - base) * n / part  # the arrays grow linearly with the image count
-            print(
-                f"  {'in RAM, ' + code:<60} {whole:6.2f} GB   extrapolated from {peak:.2f} GB "
-                f"measured on {part} images"
-            )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEV_FILE, help="file for the throughput table")
+    parser.add_argument("--n", type=int, default=17736, help="images in each generated file (Galaxy10 DECaLS: 17,736)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--decals-n", type=int, default=17736, help="images in the generated DECaLS-shaped file")
-    parser.add_argument(
-        "--ram-fraction", type=float, default=0.25, help="share of the images the float in-RAM runs really load"
-    )
+    parser.add_argument("--dir", type=Path, help="where to write the temporary files (default: the system's)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.data, args.batch_size, args.n)
-    throughput_table(args.data, args.batch_size)
-    memory_table(args.decals_n, args.batch_size, args.ram_fraction)
+        return child(args.child, args.data, args.batch_size)
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        files = {}
+        for name, compressed in (("gzip", True), ("uncompressed", False)):
+            path = Path(folder) / f"decals_like_{name}.h5"
+            start = time.perf_counter()
+            ratio = write_decals_like(path, args.n, compressed)
+            files[name] = path
+            print(f"{name}: {args.n:,} x 256x256x3 uint8, {path.stat().st_size / 1e9:.2f} GB on disk "
+                  f"(compressed/raw {ratio:.2f}), written in {time.perf_counter() - start:.0f} s", flush=True)
+        for path in files.values():  # page cache warm, as in training after the first epoch
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+        print(f"\nImages/s of one shuffled pass, batch {args.batch_size}, {os.cpu_count()} CPUs; in brackets, images "
+              f"per CPU-second used (what other jobs on the machine do not change); ram: after reading the "
+              f"images into memory, timed in its own column")
+        print("| file | mode | no augmentation | flips + rotations | reading into memory |")
+        print("|---|---|---:|---:|---:|")
+        for name, path in files.items():
+            for mode in ("before", "stream", "ram"):
+                cells = []
+                for augment in (False, True):
+                    n, load, seconds, cpu = one_pass(path, mode, args.batch_size, augment)
+                    cells.append(f"{n / seconds:,.0f} ({n / cpu:,.0f})")
+                reading = f"{n / load:,.0f} images/s" if mode == "ram" else ""
+                print(f"| {name} | {mode} | {cells[0]} | {cells[1]} | {reading} |", flush=True)
+
+        print("\nPeak resident memory, each mode in a fresh process, one shuffled augmented pass over the gzip file")
+        base = measure("baseline", files["gzip"], args.batch_size)["peak_rss_gb"]
+        print("| mode | peak RSS | images/s |\n|---|---:|---:|")
+        print(f"| TensorFlow imported, nothing else | {base:.2f} GB | |")
+        for mode in ("before", "stream", "ram"):
+            result = measure(mode, files["gzip"], args.batch_size)
+            print(f"| {mode} | {result['peak_rss_gb']:.2f} GB | {result['images'] / result['seconds']:,.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def cmd_train(args):
     settings = {"model": args.model, "data": args.data, "seed": args.seed, "epochs": args.epochs,
                 "fine_tune_epochs": args.fine_tune_epochs, "weights": args.weights,
                 "image_size": args.image_size, "batch_size": args.batch_size, "alpha": args.alpha,
-                "steps_per_epoch": args.steps_per_epoch}
+                "steps_per_epoch": args.steps_per_epoch, "precision": args.precision, "cache": args.cache}
     config = Config().replace(**{k: v for k, v in settings.items() if v is not None})
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else 2)
     print(f"Finished: {args.out}")
@@ -185,6 +185,12 @@ def build_parser():
     p.add_argument("--batch-size", type=int)
     p.add_argument("--alpha", type=float, help="MobileNet width multiplier (ImageNet weights: 0.25, 0.5, 0.75, 1.0)")
     p.add_argument("--steps-per-epoch", type=int, help="limit each epoch to a few batches (smoke tests)")
+    p.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                   help="auto (default): mixed_float16 on CUDA GPUs, mixed_bfloat16 on CPUs with bf16 units for the "
+                        "models measured faster so, else float32; the saved model computes in float32")
+    p.add_argument("--cache", choices=["auto", "ram", "stream"],
+                   help="ram: read the images once and hold them in memory; stream: read them as needed; "
+                        "auto (default): ram when they fill at most half the free memory")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no line per epoch")
     p.set_defaults(func=cmd_train)

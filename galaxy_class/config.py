@@ -32,11 +32,14 @@ class Config:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     steps_per_epoch: int = 0          # 0 = whole training split; a few steps for a quick smoke run
+    precision: str = "auto"           # auto | float32 | mixed_float16 | mixed_bfloat16 (auto: models.choose_precision)
+    cache: str = "auto"               # auto | ram | stream: images held in memory or read as needed (auto: by size)
     # Filled in from the data when the run starts.
     class_names: list = field(default_factory=list)
     input_shape: list = field(default_factory=list)
     data_path: str = ""
     cutout: dict = field(default_factory=dict)  # how the data's images were cut from raw cutouts (cutout.py)
+    dtype_policy: str = ""            # the precision the run trains in ("": float32, runs made before the setting)
 
     def save(self, path):
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")

@@ -1,11 +1,10 @@
-"""Galaxy10 data: resolving a source to a file, checking it, the split, and a streaming tf.data pipeline.
+"""Galaxy10 data: resolving a source to a file, checking it, the split, and reading images.
 
-TensorFlow is imported inside the functions that need it, so `inspect` and downloads start fast.
+Batches for training (a tf.data pipeline) are made in galaxy_class.batches.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,88 +255,3 @@ def _read(images: h5py.Dataset, indices: np.ndarray) -> np.ndarray:
     for position in np.argsort(indices, kind="stable"):
         out[position] = images[indices[position]]
     return out
-
-
-def dihedral(images, k: int):
-    """The k-th (0..7) of the 8 rotations/flips of a batch of NHWC images, numpy or tf.
-
-    k % 4 quarter turns counter-clockwise (as np.rot90), then a left-right flip if k >= 4; k=0 is the identity.
-    """
-    if not 0 <= k < 8:
-        raise ValueError(f"dihedral transform k={k}: must be 0..7")
-    if isinstance(images, np.ndarray):
-        out = np.rot90(images, k % 4, axes=(1, 2))
-        # A copy: views with negative strides trip up some consumers (e.g. tf.convert_to_tensor).
-        return np.ascontiguousarray(out[:, :, ::-1] if k >= 4 else out)
-    import tensorflow as tf
-
-    out = tf.image.rot90(images, k % 4)
-    return tf.image.flip_left_right(out) if k >= 4 else out
-
-
-def _random_dihedral(images, seed):
-    """Each image of a batch gets one of the 8 dihedral transforms at random (stateless, from `seed`)."""
-    import tensorflow as tf
-
-    k = tf.random.stateless_uniform([tf.shape(images)[0]], seed, maxval=8, dtype=tf.int32)
-    # Transform the images in groups of the same k and put them back in place: measured 2-3x faster
-    # than selecting per image with tf.where, and the transforms stay those of `dihedral`.
-    groups = tf.dynamic_partition(images, k, 8)
-    positions = tf.dynamic_partition(tf.range(tf.shape(images)[0]), k, 8)
-    out = tf.dynamic_stitch(positions, [dihedral(group, j) for j, group in enumerate(groups)])
-    return tf.ensure_shape(out, images.shape)
-
-
-def make_dataset(
-    g: Galaxy10File,
-    indices,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    augment: bool = False,
-    seed: int = 0,
-    drop_remainder: bool = False,
-    first_epoch: int = 0,
-):
-    """Batches of (uint8 images (b, H, W, 3), int32 labels (b,)) streamed from the HDF5 file.
-
-    Only a few batches are in memory at a time. With shuffle, pass e over the data is permutation
-    (seed, first_epoch + e); with augment, each image gets a random dihedral transform, also seeded
-    by it. A resumed run passes its epochs done as first_epoch. Pixels stay uint8: scaling and
-    resizing happen inside the model.
-    """
-    import tensorflow as tf
-
-    indices = _checked_indices(g, indices)
-    if augment and g.image_shape[0] != g.image_shape[1]:
-        height, width = g.image_shape[:2]
-        raise GalaxyClassError(f"{g.path}: images are {height}x{width}; rotations need square images")
-    epochs = itertools.count(first_epoch)  # tf.data calls the generator afresh for every pass over the data
-
-    def batches():
-        rng = np.random.default_rng([seed, next(epochs)])
-        order = rng.permutation(indices) if shuffle else indices
-        with h5py.File(g.path, "r") as f:
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                if drop_remainder and len(batch) < batch_size:
-                    return
-                yield _read(f["images"], batch), g.labels[batch], rng.integers(2**31, size=2)
-
-    size = batch_size if drop_remainder else None
-    dataset = tf.data.Dataset.from_generator(
-        batches,
-        output_signature=(
-            tf.TensorSpec((size, *g.image_shape), tf.uint8),
-            tf.TensorSpec((size,), tf.int32),
-            tf.TensorSpec((2,), tf.int64),
-        ),
-    )
-    # A known length lets Keras show progress and size its epochs from the first one.
-    n_batches = len(indices) // batch_size if drop_remainder else -(-len(indices) // batch_size)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(n_batches))
-    dataset = dataset.map(
-        lambda images, labels, aug_seed: (_random_dihedral(images, aug_seed) if augment else images, labels),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxy_class.data import dihedral, open_galaxy10, read_images
+from galaxy_class.batches import dihedral
+from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.quantize import prepare_for_int8
 from galaxy_class.tflite import METADATA_NAME, TFLiteModel, read_metadata, read_tflite, split_digest

@@ -12,7 +12,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from galaxy_class.data import dihedral
+from galaxy_class.batches import dihedral
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.predict import predict_proba
 from galaxy_class.models import base_model

@@ -27,20 +27,40 @@ BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # Caffe-mode ImageNet means, in RGB order: the weights were trained on BGR images with these removed.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 # (squeeze, expand) filters of fire2..fire9 in SqueezeNet v1.1.
+# "auto" and the Keras dtype policies a run may train under (see choose_precision).
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# Architectures that trained faster under mixed_bfloat16 than float32 on CPUs with bf16 units
+# (benchmarks/train_speed.py); MobileNet's depthwise convolutions were slower.
+BF16_FASTER_ON_CPU = ("squeezenet",)
 FIRE_FILTERS = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128),
                 6: (48, 192), 7: (48, 192), 8: (64, 256), 9: (64, 256)}
 
 
 def build_model(arch, num_classes, input_shape, image_size=128, weights="imagenet",
-                alpha=0.25, dropout=0.2, batchnorm=False):
+                alpha=0.25, dropout=0.2, batchnorm=False, dtype_policy="float32"):
     """A classifier on uint8 images of `input_shape`; resizing and scaling are layers inside it.
 
     `weights` is "none", "imagenet" (downloaded by Keras and cached) or a path to a weights file.
     The pretrained part is the sub-model named "base"; the head is pooling, dropout and softmax.
+    `dtype_policy` is one of PRECISIONS[1:]: mixed policies compute in 16 bits, keep float32
+    variables, and the softmax output stays float32.
     """
     if arch not in ARCHITECTURES:
         raise GalaxyClassError(f"unknown model {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    if dtype_policy not in PRECISIONS[1:]:
+        raise GalaxyClassError(f"unknown precision {dtype_policy!r}: choose one of {', '.join(PRECISIONS[1:])}")
     weights = _check_weights(weights)
+    # Keras layers take the global policy when made (keras.applications gives no other way in), so it is
+    # set for the building only and put back after.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy)
+    try:
+        return _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, batchnorm)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, batchnorm):
     size = (image_size, image_size, 3)
     if arch == "squeezenet":
         base = squeezenet_base(size, batchnorm=batchnorm)
@@ -75,7 +95,8 @@ def build_model(arch, num_classes, input_shape, image_size=128, weights="imagene
     x = base(x, training=False if frozen_stats else None)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 whatever the policy: a 16-bit softmax and loss lose precision and can overflow.
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=arch)
 
 
@@ -146,3 +167,48 @@ def _check_weights(weights):
 def base_model(model):
     """The pretrained convolutional part of a model made by `build_model`."""
     return model.get_layer("base")
+
+
+def choose_precision(precision, arch, gpu_capabilities=None, cpu_flags=None):
+    """(dtype policy, why) for training `arch`: `precision` itself unless "auto", which picks mixed_float16 on
+    CUDA GPUs with tensor cores, mixed_bfloat16 on CPUs with bf16 units for BF16_FASTER_ON_CPU, else float32.
+
+    `gpu_capabilities` (compute capabilities of the visible GPUs) and `cpu_flags` default to this machine's.
+    """
+    if precision not in PRECISIONS:
+        raise GalaxyClassError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision, "as asked"
+    gpu_capabilities = _gpu_capabilities() if gpu_capabilities is None else gpu_capabilities
+    if gpu_capabilities:
+        if min(gpu_capabilities) >= (7, 0):
+            return "mixed_float16", "CUDA GPU with float16 tensor cores"
+        return "float32", "GPU without float16 tensor cores (compute capability below 7.0)"
+    cpu_flags = _cpu_flags() if cpu_flags is None else set(cpu_flags)
+    bf16 = cpu_flags & {"amx_bf16", "avx512_bf16"}
+    if arch in BF16_FASTER_ON_CPU and bf16:
+        return "mixed_bfloat16", f"CPU with {' and '.join(sorted(bf16))}, where {arch} trains faster in bfloat16"
+    if arch in BF16_FASTER_ON_CPU:
+        return "float32", "CPU without bfloat16 units"
+    return "float32", f"CPU, where {arch} trains no faster in bfloat16"
+
+
+def _gpu_capabilities():
+    """Compute capabilities of the visible CUDA GPUs, e.g. [(7, 5)] for a T4."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    details = [tf.config.experimental.get_device_details(gpu) for gpu in gpus]
+    # A GPU without a compute capability (not CUDA, e.g. Apple's Metal plugin) counts as one without tensor cores.
+    return [tuple(d.get("compute_capability") or (0, 0)) for d in details]
+
+
+def _cpu_flags():
+    """The CPU feature flags Linux lists in /proc/cpuinfo (empty elsewhere: float32 is the safe choice)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

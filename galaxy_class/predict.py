@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxy_class.data import dihedral, make_dataset
+from galaxy_class.batches import dihedral, make_dataset
 
 
 def load_model(path):

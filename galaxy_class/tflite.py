@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,10 +24,15 @@ METADATA_NAME = "galaxy_class"
 
 
 class TFLiteModel:
-    """An exported .tflite classifier, called like the Keras model: uint8 images (n, H, W, 3) -> probabilities (n, K)."""
+    """An exported .tflite classifier, called like the Keras model: uint8 images (n, H, W, 3) -> probabilities (n, K).
+
+    It runs on `num_threads` CPU threads, by default all of them as TensorFlow does (the interpreter's own
+    default is one: a batch of 256 ran 1.6x faster on 2 threads than on 1).
+    """
 
     def __init__(self, path, num_threads=None):
         self.path = Path(path)
+        num_threads = num_threads or _usable_cpus()
         content = read_tflite(self.path)
         self.metadata = read_metadata(content, self.path)
         try:
@@ -98,6 +104,14 @@ class _RunSplit(Mapping):
 
     def __len__(self):
         return len(self._load())
+
+
+def _usable_cpus():
+    """CPUs this process may run on (its affinity, as os.process_cpu_count gives from Python 3.13)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def read_metadata(content: bytes, path) -> dict:

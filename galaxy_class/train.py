@@ -20,11 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from galaxy_class import calibration, evaluate, predict
+from galaxy_class.batches import check_cache, make_dataset, open_images
 from galaxy_class.config import Config, run_config
 from galaxy_class.cutout import read_recipe
-from galaxy_class.data import load_split, make_dataset, open_galaxy10, save_split, split_indices
+from galaxy_class.data import load_split, open_galaxy10, save_split, split_indices
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.models import base_model, build_model
+from galaxy_class.models import base_model, build_model, choose_precision
 
 STAGES = ("stage1", "stage2")
 # Everything a run writes besides backup/ (and the temporary names of these); --overwrite removes only those.
@@ -63,7 +64,7 @@ def class_weights(labels, num_classes, mode):
     return {i: float(w[i]) for i in range(num_classes)}
 
 
-def prepare_run(config, run_dir, overwrite=False):
+def prepare_run(config, run_dir, overwrite=False, verbose=False):
     """Create or reopen a run folder; returns the run's config, data file and split."""
     run_dir = Path(run_dir)
     state = run_state(run_dir)
@@ -93,8 +94,12 @@ def prepare_run(config, run_dir, overwrite=False):
                           fractions=(1 - config.val_fraction - config.test_fraction,
                                      config.val_fraction, config.test_fraction))
     recipe = read_recipe(g.path, g.source, g.image_shape[0], len(g.class_names))
+    # Chosen once and saved: a resumed run goes on in the precision it started in, wherever it resumes.
+    policy, why = choose_precision(config.precision, config.model)
+    if verbose:
+        print(f"Precision: {policy} ({why}).")
     config = config.replace(class_names=list(g.class_names), input_shape=list(g.image_shape), data_path=str(g.path),
-                            cutout=recipe.to_dict() if recipe else {})
+                            cutout=recipe.to_dict() if recipe else {}, dtype_policy=policy)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_split(split, run_dir / "split.npz")
     _atomic(config.save, run_dir / "config.json")  # last: its presence marks a run that can resume
@@ -108,7 +113,9 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     """
     run_dir = Path(run_dir)
     resuming = run_state(run_dir) == "unfinished" and not overwrite
-    config, g, split = prepare_run(config, run_dir, overwrite)
+    check_cache(config.cache)
+    cache = config.cache  # how images are served changes no result: the one asked for now, not the saved one
+    config, g, split = prepare_run(config, run_dir, overwrite, verbose=bool(verbose))
     if config is None:
         if verbose:
             print(f"{run_dir} holds a finished run with these settings: loaded, not retrained "
@@ -121,9 +128,11 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     if (run_dir / "model.keras").exists():  # trained: killed after writing the model, while evaluating
         model = keras.saving.load_model(run_dir / "model.keras")
     else:
-        model = fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose, stop_after)
+        model = fit_stages(config.replace(cache=cache), g, split, run_dir, strategy, resuming, callbacks, verbose,
+                           stop_after)
         if model is None:
             return None
+        model = float32_twin(model, config)
         history = {**read_history(run_dir), "replicas": strategy.num_replicas_in_sync,
                    "global_batch_size": config.batch_size * strategy.num_replicas_in_sync}
         _write_json(history, run_dir / "history.json")
@@ -140,13 +149,15 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
 
 
 def calibrate(model, g, split, config):
-    """Fit a temperature on the validation split (one view, never the test split) and fold it into `model`;
-    returns it with the test split's calibration before it, for metrics.json."""
-    val_probs, val_labels = predict.predict_file(model, g, split["val"])
+    """Fit a temperature on the validation split (never the test split), to the probabilities the run reports
+    (with `config.tta` the mean of 8 views), and fold it into `model`; returns it with the test split's
+    calibration before it, for metrics.json."""
+    val_views, val_labels = predict.predict_file_views(model, g, split["val"], tta=config.tta)
     before = evaluate.evaluate(model, g, split["test"], config.class_names, tta=config.tta)
-    temperature = calibration.fit_temperature(val_probs, val_labels)
+    temperature = calibration.fit_temperature(val_views, val_labels)
     calibration.apply_temperature(model, temperature)
-    return {"temperature": temperature, "fitted_on": "validation split, one view",
+    return {"temperature": temperature,
+            "fitted_on": "validation split, " + ("mean of 8 views" if config.tta else "one view"),
             "test_before": {k: before[k] for k in ("ece", "brier", "log_loss")},
             "reliability_before": before["reliability"]}
 
@@ -165,10 +176,12 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
     def one_hot(images, labels):
         return images, tf.one_hot(labels, num_classes)
 
-    # Pass e over the training data is shuffled by (seed, e) counted over both stages, resumed or not.
+    # Pass e over the training data is shuffled by (seed, e) counted over both stages, resumed or not;
+    # the batches are the same whether the images are held in memory or streamed.
+    images = open_images(g, np.concatenate([split["train"], split["val"]]), config.cache, verbose=bool(verbose))
     train_ds = make_dataset(g, split["train"], batch, shuffle=True, augment=config.augment, seed=config.seed,
-                            first_epoch=epochs_done)
-    val_ds = make_dataset(g, split["val"], batch)
+                            first_epoch=epochs_done, source=images)
+    val_ds = make_dataset(g, split["val"], batch, source=images)
     if config.steps_per_epoch:
         train_ds, val_ds = train_ds.take(config.steps_per_epoch), val_ds.take(config.steps_per_epoch)
     train_ds, val_ds = train_ds.map(one_hot), val_ds.map(one_hot)
@@ -176,9 +189,7 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
     pretrained = config.weights not in ("none", None)
 
     with strategy.scope():
-        model = build_model(config.model, num_classes, tuple(config.input_shape), image_size=config.image_size,
-                            weights=config.weights, alpha=config.alpha, dropout=config.dropout,
-                            batchnorm=config.batchnorm)
+        model = _build(config, config.dtype_policy or "float32")
     stages = [("stage1", config.epochs, config.learning_rate),
               ("stage2", config.fine_tune_epochs, config.fine_tune_learning_rate)]
     for stage, epochs, lr in stages:
@@ -208,14 +219,32 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
     return model
 
 
+def _build(config, dtype_policy):
+    return build_model(config.model, len(config.class_names), tuple(config.input_shape), image_size=config.image_size,
+                       weights=config.weights, alpha=config.alpha, dropout=config.dropout,
+                       batchnorm=config.batchnorm, dtype_policy=dtype_policy)
+
+
+def float32_twin(model, config):
+    """`model` computing in float32 (its weights already are): what is calibrated, evaluated and saved, so a
+    model trained in mixed precision predicts, exports and explains on any machine as a float32 one does."""
+    if model.dtype_policy.name == "float32":
+        return model
+    twin = _build(config, "float32")
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 # Settings derived from the data when a run starts, not chosen by the user.
-DERIVED = ("class_names", "input_shape", "data_path", "cutout")
+DERIVED = ("class_names", "input_shape", "data_path", "cutout", "dtype_policy")
+# Settings that change how fast a run goes, not what it computes.
+SPEED_ONLY = ("cache",)
 
 
 def settings_differences(saved, requested):
     """The chosen settings in which two configs differ, as "name: saved -> requested" strings."""
     return [f"{f}: {getattr(saved, f)!r} -> {getattr(requested, f)!r}"
-            for f in (f.name for f in dataclasses.fields(Config)) if f not in DERIVED
+            for f in (f.name for f in dataclasses.fields(Config)) if f not in DERIVED + SPEED_ONLY
             and getattr(saved, f) != getattr(requested, f)]
 
 

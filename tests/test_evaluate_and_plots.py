@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from galaxy_class.data import dihedral
+from galaxy_class.batches import dihedral
 from galaxy_class.evaluate import metrics
 from galaxy_class.predict import predict_proba
 from galaxy_class.plots import class_counts_figure, confusion_figure, galaxy_grid, history_figure

@@ -7,7 +7,8 @@ from keras import layers
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
-from galaxy_class.data import dihedral, open_galaxy10, read_images
+from galaxy_class.batches import dihedral
+from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.predict import predict_proba
 from galaxy_class.gradcam import gradcam, gradcam_figure, overlay

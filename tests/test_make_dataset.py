@@ -91,7 +91,7 @@ def test_explicit_recipe_options_make_the_same_file_as_like(made_like, dev_jpegs
 
 
 def test_a_made_file_streams_through_the_training_pipeline(made_like):
-    from galaxy_class.data import make_dataset
+    from galaxy_class.batches import make_dataset
 
     g = open_galaxy10(made_like)
     images, labels = next(iter(make_dataset(g, range(g.n), batch_size=8)))

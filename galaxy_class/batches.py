@@ -1,0 +1,236 @@
+"""Batches of uint8 images for training and evaluation: read from the file as needed, or held in memory.
+
+Both sources give the same batches for the same seed: the same order, the same flips and rotations.
+Worker threads read, decompress and transform images side by side, a bounded number of batches ahead:
+only fetching a raw chunk from the file is serialised, while zlib and numpy's copies release the GIL.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from galaxy_class.data import Galaxy10File, _checked_indices
+from galaxy_class.errors import GalaxyClassError
+
+CACHE_MODES = ("auto", "ram", "stream")
+# "auto" holds the images in memory when they take at most this share of the memory available.
+RAM_SHARE = 0.5
+WORKERS = max(2, min(8, os.cpu_count() or 1))
+
+
+def dihedral(images, k: int):
+    """The k-th (0..7) of the 8 rotations/flips of a batch of NHWC images, numpy or tf.
+
+    k % 4 quarter turns counter-clockwise (as np.rot90), then a left-right flip if k >= 4; k=0 is the identity.
+    """
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral transform k={k}: must be 0..7")
+    if isinstance(images, np.ndarray):
+        out = np.rot90(images, k % 4, axes=(1, 2))
+        # A copy: views with negative strides trip up some consumers (e.g. tf.convert_to_tensor).
+        return np.ascontiguousarray(out[:, :, ::-1] if k >= 4 else out)
+    import tensorflow as tf
+
+    out = tf.image.rot90(images, k % 4)
+    return tf.image.flip_left_right(out) if k >= 4 else out
+
+
+def _place(out: np.ndarray, image: np.ndarray, k: int) -> None:
+    """out[...] = `dihedral` k of one (H, W, 3) image."""
+    view = np.rot90(image, k % 4)
+    view = view[:, ::-1] if k >= 4 else view
+    if view.strides[1] == image.strides[1]:  # rows stay rows (k = 0, 6): one fast copy
+        out[...] = view
+        return
+    # Colour plane by plane: numpy then copies runs of 256 pixels, not of 3 bytes (measured ~2x faster),
+    # and releases the GIL, so worker threads transform side by side.
+    for c in range(image.shape[-1]):
+        out[..., c] = view[..., c]
+
+
+class FileImages:
+    """Images read from the file when asked for; only the batches in flight are in memory."""
+
+    def __init__(self, g: Galaxy10File):
+        self.g = g
+
+    @contextmanager
+    def reader(self):
+        """A function image index -> (H, W, 3) uint8 that any thread may call, while the file is open."""
+        with h5py.File(self.g.path, "r") as f:
+            images = f["images"]
+            if _one_deflate_chunk_per_image(images):
+                shape, deflated, lock = images.shape[1:], images.compression == "gzip", threading.Lock()
+
+                def read(i):
+                    # Only fetching the raw chunk is serialised (h5py's low-level calls are not thread-safe);
+                    # inflating it, most of the work, runs in parallel.
+                    with lock:
+                        mask, raw = images.id.read_direct_chunk((int(i), 0, 0, 0))
+                    data = zlib.decompress(raw) if deflated and not mask & 1 else raw
+                    return np.frombuffer(data, np.uint8).reshape(shape)
+
+                yield read
+            else:
+                yield lambda i: images[i]
+
+
+def _one_deflate_chunk_per_image(images: h5py.Dataset) -> bool:
+    """Whether each image is one chunk, stored raw or gzip-compressed with no other filter (Galaxy10's layout)."""
+    if images.chunks != (1, *images.shape[1:]):
+        return False
+    plist = images.id.get_create_plist()
+    return all(plist.get_filter(i)[0] == h5py.h5z.FILTER_DEFLATE for i in range(plist.get_nfilters()))
+
+
+class MemoryImages:
+    """The images of `indices`, read once in file order and held as one uint8 array."""
+
+    def __init__(self, g: Galaxy10File, indices, progress: bool = False):
+        self.g = g
+        self.indices = np.unique(_checked_indices(g, indices))
+        self.images = np.empty((len(self.indices), *g.image_shape), np.uint8)
+        self.position = {int(i): p for p, i in enumerate(self.indices)}
+        starts = range(0, len(self.indices), 64)
+        with tqdm(total=len(self.indices), unit="image", disable=not progress,
+                  desc=f"Reading {g.path.name} into memory") as bar:
+            blocks = _batches(FileImages(g), [self.indices[s : s + 64] for s in starts], None)
+            for start, block in zip(starts, blocks):
+                self.images[start : start + len(block)] = block
+                bar.update(len(block))
+
+    @contextmanager
+    def reader(self):
+        def read(i):
+            if int(i) not in self.position:
+                raise GalaxyClassError(f"{self.g.path}: image {i} was not read into memory")
+            return self.images[self.position[int(i)]]
+
+        yield read
+
+
+def image_bytes(g: Galaxy10File, n: int) -> int:
+    return n * int(np.prod(g.image_shape))
+
+
+def memory_available() -> int | None:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # other Unixes: free pages, which leaves out reclaimable cache, so errs towards streaming
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_cache(mode: str) -> None:
+    if mode not in CACHE_MODES:
+        raise GalaxyClassError(f"unknown cache mode {mode!r}: choose one of {', '.join(CACHE_MODES)}")
+
+
+def choose_cache(mode: str, needed: int, available: int | None) -> tuple[str, str]:
+    """("ram" or "stream", why) for images of `needed` bytes with `available` bytes of memory free."""
+    check_cache(mode)
+    size = f"{needed / 1e9:.2f} GB of images"
+    if mode != "auto":
+        return mode, f"{size}, as asked"
+    if available is None:
+        return "stream", f"{size}, free memory unknown"
+    verdict = "ram" if needed <= RAM_SHARE * available else "stream"
+    relation = "fit in" if verdict == "ram" else "exceed"
+    return verdict, f"{size} {relation} half of the {available / 1e9:.1f} GB of memory available"
+
+
+def open_images(g: Galaxy10File, indices, cache: str = "auto", verbose: bool = False):
+    """The images of `indices` as a source for make_dataset: in memory or read from the file, as `cache` says
+    ("auto" chooses from their size and the free memory); prints one line saying which with `verbose`."""
+    indices = np.unique(_checked_indices(g, indices))
+    mode, why = choose_cache(cache, image_bytes(g, len(indices)), memory_available() if cache == "auto" else None)
+    if verbose:
+        print(f"Images: {'held in memory' if mode == 'ram' else 'streamed from the file'} ({why}).", flush=True)
+    return MemoryImages(g, indices, progress=verbose) if mode == "ram" else FileImages(g)
+
+
+def _batches(source, batches, views, workers: int = WORKERS):
+    """The images of each index batch, with `views[b][j]` the dihedral view of image j of batch b (None: as
+    stored); worker threads fill them in order, at most workers + 1 batches ahead."""
+    with source.reader() as read, ThreadPoolExecutor(workers) as pool:
+
+        def fill(b):
+            batch = batches[b]
+            out = np.empty((len(batch), *source.g.image_shape), np.uint8)
+            for j, (i, k) in enumerate(zip(batch, np.zeros(len(batch), int) if views is None else views[b])):
+                _place(out[j], read(i), k)
+            return out
+
+        pending = collections.deque()
+        for b in range(len(batches)):
+            pending.append(pool.submit(fill, b))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def make_dataset(
+    g: Galaxy10File,
+    indices,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment: bool = False,
+    seed: int = 0,
+    drop_remainder: bool = False,
+    first_epoch: int = 0,
+    source=None,
+):
+    """Batches of (uint8 images (b, H, W, 3), int32 labels (b,)) from `source` (open_images; default: streamed
+    from the file).
+
+    With shuffle, pass e over the data is permutation (seed, first_epoch + e); with augment, each image gets
+    one of the 8 dihedral transforms at random, also seeded by it. A resumed run passes its epochs done as
+    first_epoch. Pixels stay uint8: scaling and resizing happen inside the model.
+    """
+    import tensorflow as tf
+
+    indices = _checked_indices(g, indices)
+    if augment and g.image_shape[0] != g.image_shape[1]:
+        height, width = g.image_shape[:2]
+        raise GalaxyClassError(f"{g.path}: images are {height}x{width}; rotations need square images")
+    source = source or FileImages(g)
+    epochs = itertools.count(first_epoch)  # tf.data calls the generator afresh for every pass over the data
+
+    def generate():
+        rng = np.random.default_rng([seed, next(epochs)])
+        order = rng.permutation(indices) if shuffle else indices
+        stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
+        batches = [order[start : start + batch_size] for start in range(0, stop, batch_size)]
+        views = [rng.integers(8, size=len(batch)) for batch in batches] if augment else None
+        for batch, images in zip(batches, _batches(source, batches, views)):
+            yield images, g.labels[batch]
+
+    size = batch_size if drop_remainder else None
+    dataset = tf.data.Dataset.from_generator(
+        generate,
+        output_signature=(tf.TensorSpec((size, *g.image_shape), tf.uint8), tf.TensorSpec((size,), tf.int32)),
+    )
+    # A known length lets Keras show progress and size its epochs from the first one.
+    n_batches = len(indices) // batch_size if drop_remainder else -(-len(indices) // batch_size)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(n_batches))
+    # A fixed depth, not AUTOTUNE: memory stays a few batches whatever the machine.
+    return dataset.prefetch(2)
