@@ -105,7 +105,7 @@ class MemoryImages:
         starts = range(0, len(self.indices), 64)
         with tqdm(total=len(self.indices), unit="image", disable=not progress,
                   desc=f"Reading {g.path.name} into memory") as bar:
-            blocks = _batches(FileImages(g), [self.indices[s : s + 64] for s in starts], None)
+            blocks = read_batches(FileImages(g), [self.indices[s : s + 64] for s in starts], None)
             for start, block in zip(starts, blocks):
                 self.images[start : start + len(block)] = block
                 bar.update(len(block))
@@ -166,7 +166,7 @@ def open_images(g: Galaxy10File, indices, cache: str = "auto", verbose: bool = F
     return MemoryImages(g, indices, progress=verbose) if mode == "ram" else FileImages(g)
 
 
-def _batches(source, batches, views, workers: int = WORKERS):
+def read_batches(source, batches, views=None, workers: int = WORKERS):
     """The images of each index batch, with `views[b][j]` the dihedral view of image j of batch b (None: as
     stored); worker threads fill them in order, at most workers + 1 batches ahead."""
     with source.reader() as read, ThreadPoolExecutor(workers) as pool:
@@ -221,7 +221,7 @@ def make_dataset(
         stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
         batches = [order[start : start + batch_size] for start in range(0, stop, batch_size)]
         views = [rng.integers(8, size=len(batch)) for batch in batches] if augment else None
-        for batch, images in zip(batches, _batches(source, batches, views)):
+        for batch, images in zip(batches, read_batches(source, batches, views)):
             yield images, g.labels[batch]
 
     size = batch_size if drop_remainder else None

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from galaxy_class.batches import FileImages, read_batches
 from galaxy_class.data import open_galaxy10
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.images import IMAGE_SUFFIXES, image_files, load_images
@@ -43,10 +44,12 @@ class _FileSource:
         return ["index", *self.columns, "true_class"]
 
     def batches(self, start, size, config):
+        # Worker threads read and inflate the next batches while the model classifies this one.
+        firsts = range(start, self.n, size)
+        indices = [np.arange(first, min(first + size, self.n)) for first in firsts]
         with h5py.File(self.g.path, "r") as f:
-            for first in range(start, self.n, size):
-                last = min(first + size, self.n)
-                images = f["images"][first:last]
+            for first, images in zip(firsts, read_batches(FileImages(self.g), indices)):
+                last = first + len(images)
                 ids = {key: f[key][first:last] for key in self.columns}
                 rows = [[i, *(_plain(ids[key][i - first]) for key in self.columns),
                          self.g.class_names[self.g.labels[i]]] for i in range(first, last)]
