@@ -46,15 +46,15 @@ def report(m):
                      f"macro-F1 {m['one_view']['macro_f1']:.3f}")
     if "ece" in m:
         line = f"probabilities: ECE {m['ece']:.3f}, Brier {m['brier']:.3f}, log-loss {m['log_loss']:.3f}"
-        if "ece_if_calibrated" in m:
-            chance = m["ece_if_calibrated"]
-            line += (f" (perfectly calibrated probabilities would show an ECE of {chance['mean']:.3f} on {m['n']} "
-                     f"images, 5-95%: {chance['p5']:.3f}-{chance['p95']:.3f})")
         if "calibration" in m:
             before = m["calibration"]["test_before"]
             line += (f" (temperature {m['calibration']['temperature']:.2f}, fitted on the validation split; "
                      f"before it: ECE {before['ece']:.3f}, Brier {before['brier']:.3f}, log-loss {before['log_loss']:.3f})")
         lines.append(line)
+        if "ece_if_calibrated" in m:
+            chance = m["ece_if_calibrated"]
+            lines.append(f"perfectly calibrated probabilities would show an ECE of {chance['mean']:.3f} on {m['n']} "
+                         f"images by chance (5-95%: {chance['p5']:.3f}-{chance['p95']:.3f})")
     lines += [
         f"{'class (' + views.split(' (')[0] + ')':<32} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
     for name, s in m["per_class"].items():
