@@ -103,7 +103,8 @@ class MemoryImages:
         self.images = np.empty((len(self.indices), *g.image_shape), np.uint8)
         self.position = {int(i): p for p, i in enumerate(self.indices)}
         starts = range(0, len(self.indices), 64)
-        with tqdm(total=len(self.indices), unit="image", disable=not progress,
+        # Shown only when reading takes a while (Galaxy10 DECaLS: tens of seconds), not for a small file.
+        with tqdm(total=len(self.indices), unit="image", disable=not progress, delay=2,
                   desc=f"Reading {g.path.name} into memory") as bar:
             blocks = read_batches(FileImages(g), [self.indices[s : s + 64] for s in starts], None)
             for start, block in zip(starts, blocks):
