@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from h5py._objects import phil as H5PY_LOCK
 from tqdm import tqdm
 
 from galaxy_class.data import Galaxy10File, _checked_indices
@@ -71,12 +71,13 @@ class FileImages:
         with h5py.File(self.g.path, "r") as f:
             images = f["images"]
             if _one_deflate_chunk_per_image(images):
-                shape, deflated, lock = images.shape[1:], images.compression == "gzip", threading.Lock()
+                shape, deflated = images.shape[1:], images.compression == "gzip"
 
                 def read(i):
-                    # Only fetching the raw chunk is serialised (h5py's low-level calls are not thread-safe);
-                    # inflating it, most of the work, runs in parallel.
-                    with lock:
+                    # Only fetching the raw chunk is serialised; inflating it, most of the work, runs in parallel.
+                    # The lock is h5py's own, which its high-level calls take: HDF5 is not thread-safe, and a lock
+                    # of our own let a read here meet another thread's h5py call on any file and crash.
+                    with H5PY_LOCK:
                         mask, raw = images.id.read_direct_chunk((int(i), 0, 0, 0))
                     data = zlib.decompress(raw) if deflated and not mask & 1 else raw
                     return np.frombuffer(data, np.uint8).reshape(shape)

@@ -16,6 +16,7 @@ from galaxy_class.batches import (
     dihedral,
     make_dataset,
     open_images,
+    read_batches,
 )
 from galaxy_class.data import open_galaxy10
 from galaxy_class.train import settings_differences, train
@@ -43,6 +44,22 @@ def galaxy_file(path, n=150, **options):
 def collect(dataset):
     batches = [(x.numpy(), y.numpy()) for x, y in dataset]
     return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+
+def test_worker_reads_survive_other_h5py_calls_in_the_process(tmp_path):
+    """Worker threads fetch raw chunks while this thread reads another file through h5py, as a catalogue reads
+    its id columns: HDF5 is not thread-safe, so both must take the same lock (a lock of our own crashed here)."""
+    g, images = galaxy_file(tmp_path / "g.h5", n=600, **LAYOUTS["gzip, one chunk per image (raw chunks inflated in threads)"])
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["ra"] = np.arange(1000.0)
+    batches = [np.arange(i, min(i + 16, g.n)) for i in range(0, g.n, 16)]
+    read = []
+    with h5py.File(tmp_path / "other.h5", "r") as other:
+        for batch in read_batches(FileImages(g), batches):
+            read.append(batch)
+            for k in range(200):
+                assert other["ra"][k : k + 3].tolist() == [k, k + 1, k + 2]
+    assert np.array_equal(np.concatenate(read), images)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
