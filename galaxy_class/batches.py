@@ -26,7 +26,17 @@ from galaxy_class.errors import GalaxyClassError
 CACHE_MODES = ("auto", "ram", "stream")
 # "auto" holds the images in memory when they take at most this share of the memory available.
 RAM_SHARE = 0.5
-WORKERS = max(2, min(8, os.cpu_count() or 1))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity where the system has one (as os.process_cpu_count in 3.13)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+WORKERS = max(2, min(8, usable_cpus()))
 
 
 def dihedral(images, k: int):
@@ -77,9 +87,15 @@ class FileImages:
                     # Only fetching the raw chunk is serialised; inflating it, most of the work, runs in parallel.
                     # The lock is h5py's own, which its high-level calls take: HDF5 is not thread-safe, and a lock
                     # of our own let a read here meet another thread's h5py call on any file and crash.
-                    with H5PY_LOCK:
-                        mask, raw = images.id.read_direct_chunk((int(i), 0, 0, 0))
-                    data = zlib.decompress(raw) if deflated and not mask & 1 else raw
+                    try:
+                        with H5PY_LOCK:
+                            mask, raw = images.id.read_direct_chunk((int(i), 0, 0, 0))
+                    except RuntimeError:  # a chunk never written: h5py reads it as the fill value
+                        return images[int(i)]
+                    try:
+                        data = zlib.decompress(raw) if deflated and not mask & 1 else raw
+                    except zlib.error as e:
+                        raise GalaxyClassError(f"{self.g.path}: image {i} is corrupt ({e})") from None
                     return np.frombuffer(data, np.uint8).reshape(shape)
 
                 yield read
@@ -155,7 +171,7 @@ def choose_cache(mode: str, needed: int, available: int | None) -> tuple[str, st
         return "stream", f"{size}, free memory unknown"
     verdict = "ram" if needed <= RAM_SHARE * available else "stream"
     relation = "fit in" if verdict == "ram" else "exceed"
-    return verdict, f"{size} {relation} half of the {available / 1e9:.1f} GB of memory available"
+    return verdict, f"{size} {relation} {RAM_SHARE:.0%} of the {available / 1e9:.1f} GB of memory available"
 
 
 def open_images(g: Galaxy10File, indices, cache: str = "auto", verbose: bool = False):

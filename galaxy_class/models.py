@@ -26,12 +26,12 @@ MOBILENET_ALPHAS = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}
 BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # Caffe-mode ImageNet means, in RGB order: the weights were trained on BGR images with these removed.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
-# (squeeze, expand) filters of fire2..fire9 in SqueezeNet v1.1.
 # "auto" and the Keras dtype policies a run may train under (see choose_precision).
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # Architectures that trained faster under mixed_bfloat16 than float32 on CPUs with bf16 units
 # (benchmarks/train_speed.py); MobileNet's depthwise convolutions were slower.
 BF16_FASTER_ON_CPU = ("squeezenet",)
+# (squeeze, expand) filters of fire2..fire9 in SqueezeNet v1.1.
 FIRE_FILTERS = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128),
                 6: (48, 192), 7: (48, 192), 8: (64, 256), 9: (64, 256)}
 

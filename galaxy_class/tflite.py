@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from galaxy_class.batches import usable_cpus
 from galaxy_class.config import Config
 from galaxy_class.data import load_split
 from galaxy_class.errors import GalaxyClassError, first_line
@@ -32,7 +32,7 @@ class TFLiteModel:
 
     def __init__(self, path, num_threads=None):
         self.path = Path(path)
-        num_threads = num_threads or _usable_cpus()
+        num_threads = num_threads or usable_cpus()
         content = read_tflite(self.path)
         self.metadata = read_metadata(content, self.path)
         try:
@@ -104,14 +104,6 @@ class _RunSplit(Mapping):
 
     def __len__(self):
         return len(self._load())
-
-
-def _usable_cpus():
-    """CPUs this process may run on (its affinity, as os.process_cpu_count gives from Python 3.13)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def read_metadata(content: bytes, path) -> dict:

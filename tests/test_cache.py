@@ -46,6 +46,24 @@ def collect(dataset):
     return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
 
+def test_a_corrupt_chunk_is_named_and_an_unwritten_one_reads_as_h5py_reads_it(tmp_path):
+    gzip = LAYOUTS["gzip, one chunk per image (raw chunks inflated in threads)"]
+    g, images = galaxy_file(tmp_path / "g.h5", n=4, **gzip)
+    with h5py.File(g.path, "a") as f:
+        f["images"].id.write_direct_chunk((2, 0, 0, 0), b"not gzip at all")
+    with FileImages(g).reader() as read:
+        assert np.array_equal(read(1), images[1])
+        with pytest.raises(GalaxyClassError, match="g.h5: image 2 is corrupt"):
+            read(2)
+    sparse = tmp_path / "sparse.h5"
+    with h5py.File(sparse, "w") as f:
+        f.create_dataset("images", shape=(4, 16, 16, 3), dtype=np.uint8, **gzip)
+        f["images"][1] = images[1]  # the other chunks are never written
+        f["ans"] = np.arange(4) % 3
+    with FileImages(open_galaxy10(sparse)).reader() as read:
+        assert np.array_equal(read(1), images[1]) and not read(0).any(), "unwritten chunks hold the fill value"
+
+
 def test_worker_reads_survive_other_h5py_calls_in_the_process(tmp_path):
     """Worker threads fetch raw chunks while this thread reads another file through h5py, as a catalogue reads
     its id columns: HDF5 is not thread-safe, so both must take the same lock (a lock of our own crashed here)."""
@@ -107,7 +125,7 @@ def test_auto_holds_images_in_memory_when_they_fill_at_most_half_of_it():
     assert choose_cache("auto", 3 * gb, 12 * gb)[0] == "ram"
     assert choose_cache("auto", 6 * gb, 12 * gb)[0] == "ram"
     mode, why = choose_cache("auto", 7 * gb, 12 * gb)
-    assert mode == "stream" and why == "7.00 GB of images exceed half of the 12.0 GB of memory available"
+    assert mode == "stream" and why == "7.00 GB of images exceed 50% of the 12.0 GB of memory available"
     assert choose_cache("auto", 1, None) == ("stream", "0.00 GB of images, free memory unknown")
     assert choose_cache("ram", 100 * gb, 1 * gb)[0] == "ram", "asked for is asked for"
     assert choose_cache("stream", 1, 100 * gb)[0] == "stream"
@@ -118,7 +136,7 @@ def test_auto_holds_images_in_memory_when_they_fill_at_most_half_of_it():
 def test_open_images_says_which_mode_and_why(tmp_path, capsys):
     g, _ = galaxy_file(tmp_path / "f.h5")
     assert isinstance(open_images(g, range(10), "auto", verbose=True), MemoryImages)  # 7.7 kB fit anywhere
-    assert capsys.readouterr().out.startswith("Images: held in memory (0.00 GB of images fit in half of the ")
+    assert capsys.readouterr().out.startswith("Images: held in memory (0.00 GB of images fit in 50% of the ")
     open_images(g, range(10), "stream", verbose=True)
     assert capsys.readouterr().out == "Images: streamed from the file (0.00 GB of images, as asked).\n"
 

@@ -67,7 +67,7 @@ def test_a_bfloat16_run_records_its_precision_and_saves_a_float32_model(tmp_path
     assert heatmaps.shape == (2, 69, 69) and np.isfinite(heatmaps).all()
 
 
-def test_a_float16_run_paused_after_stage1_goes_on_with_its_loss_scale(tmp_path, tiny_config):
+def test_a_float16_run_paused_after_stage1_resumes_in_float16(tmp_path, tiny_config):
     run = tmp_path / "run"
     config = tiny_config.replace(precision="mixed_float16")
     assert train(config, run, verbose=0, stop_after="stage1") is None
