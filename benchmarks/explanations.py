@@ -111,7 +111,7 @@ def main():
     rows = []
     for run in args.runs:
         model, config, split = load_run(run)
-        g = open_galaxy10(config.data_path)
+        g = open_galaxy10(config.data_path or config.data)
         indices = np.sort(split[args.split])[:args.limit or None]
         images = read_images(g, indices)
         classes = predict_proba(model, images, tta=True).argmax(axis=1)
@@ -132,7 +132,7 @@ def main():
                     r, n = rank_correlation(trained, maps)
                     rho = f"{r:.2f}" + (f" ({len(maps) - n} maps constant)" if n < len(maps) else "")
                 rows.append(f"| {run.name} | {name} | {kind} | {heat:.3f} | {peaks:.3f} | {rho} |")
-        print(f"{run.name}: {len(images)} {args.split} galaxies of {Path(config.data_path).name}", flush=True)
+        print(f"{run.name}: {len(images)} {args.split} galaxies of {g.path.name}", flush=True)
         if args.candidates:
             for layer in CANDIDATE_LAYERS.get(config.model, [last]):
                 for views in (1, 8):
