@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 from galaxy_class import GalaxyClassError
+from galaxy_class.batches import dihedral, make_dataset
 from galaxy_class.data import (
     describe,
-    dihedral,
     load_split,
-    make_dataset,
     open_galaxy10,
     read_images,
     save_split,
