@@ -80,3 +80,19 @@ def pretrained_run(tmp_path_factory, tiny_config):
     run = tmp_path_factory.mktemp("runs") / "pretrained"
     train(tiny_config.replace(weights="imagenet", image_size=64, fine_tune_epochs=0), run, verbose=0)
     return run
+
+
+@pytest.fixture(scope="session")
+def sample_mobilenet_run(tmp_path_factory):
+    """The default MobileNet trained on the bundled sample, as `make run` trains it: its run folder when
+    `make run` has written one, else trained here (a few minutes on 2 cores), so tests of a really trained
+    model run on a clean clone too."""
+    from galaxy_class.config import Config
+    from galaxy_class.train import run_state, train
+
+    made = ROOT / "models" / "mobilenet_sample"
+    if run_state(made) == "finished":
+        return made
+    run = tmp_path_factory.mktemp("runs") / "mobilenet_sample"
+    train(Config(model="mobilenet", data="sample"), run, verbose=0)
+    return run

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from galaxy_class.train import load_run
 INT8_AGREEMENT = 0.55
 INT8_CORRELATION = 0.6
 # The bundled MobileNet sample run, trained to convergence: its int8 file must follow it closely.
-SAMPLE_RUN = Path(__file__).resolve().parents[1] / "models" / "mobilenet_sample"
 TRAINED_INT8_AGREEMENT = 0.95
 
 
@@ -57,11 +55,9 @@ def int8(pretrained_run):
 
 
 @pytest.fixture(scope="module")
-def trained_int8(tmp_path_factory):
-    if not (SAMPLE_RUN / "model.keras").exists():
-        pytest.skip(f"{SAMPLE_RUN} is absent")
+def trained_int8(tmp_path_factory, sample_mobilenet_run):
     out = tmp_path_factory.mktemp("export") / "mobilenet_sample_int8.tflite"
-    return export_tflite(SAMPLE_RUN, "int8", out=out, verbose=False)
+    return export_tflite(sample_mobilenet_run, "int8", out=out, verbose=False)
 
 
 @pytest.fixture(scope="module")

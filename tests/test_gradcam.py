@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,7 +16,6 @@ from galaxy_class.train import load_run
 
 SIZE = 16
 # Trained on the bundled sample by `make run`: every dev-file galaxy is held out from it.
-SAMPLE_MOBILENET = Path(__file__).resolve().parents[1] / "models" / "mobilenet_sample"
 
 
 def colour_model():
@@ -137,10 +135,8 @@ def test_gradcam_figure_has_a_row_per_class_with_predictions(tiny_run, sample_fi
 
 
 @pytest.fixture(scope="module")
-def sample_mobilenet():
-    if not (SAMPLE_MOBILENET / "model.keras").exists():
-        pytest.skip(f"{SAMPLE_MOBILENET} is absent (`make run` trains it)")
-    return load_run(SAMPLE_MOBILENET)[0]
+def sample_mobilenet(sample_mobilenet_run):
+    return load_run(sample_mobilenet_run)[0]
 
 
 def centrality(heat):
