@@ -150,8 +150,8 @@ def centrality(heat):
 
 
 def test_maps_of_held_out_dev_galaxies_peak_on_the_galaxy(sample_mobilenet, dev_file):
-    # The dev file's cutouts are centred on their galaxy. Measured on the first 64: the last feature map, one
-    # view, peaks there for 0.34 of them; the default for 0.92, with 0.28 of the heat there (a flat map: 0.20).
+    # The dev file's cutouts are centred on their galaxy; the bounds below leave room for the sample-trained
+    # model's weaker maps (benchmarks/explanations.py measures the development runs).
     images = read_images(open_galaxy10(dev_file), range(32))
     share, peaks, flat = centrality(gradcam(sample_mobilenet, images))
     _, last_layer_peaks, _ = centrality(gradcam(sample_mobilenet, images, views=1, layer="conv_pw_13_relu"))
