@@ -216,9 +216,11 @@ def make_dataset(
     drop_remainder: bool = False,
     first_epoch: int = 0,
     source=None,
+    targets=None,
 ):
     """Batches of (uint8 images (b, H, W, 3), int32 labels (b,)) from `source` (open_images; default: streamed
-    from the file).
+    from the file); with `targets` (an array (images in the file, K) of float32), each batch's rows of it in
+    place of the labels (soft targets, e.g. a teacher's probabilities).
 
     With shuffle, pass e over the data is permutation (seed, first_epoch + e); with augment, each image gets
     one of the 8 dihedral transforms at random, also seeded by it. A resumed run passes its epochs done as
@@ -240,13 +242,13 @@ def make_dataset(
         batches = [order[start : start + batch_size] for start in range(0, stop, batch_size)]
         views = [rng.integers(8, size=len(batch)) for batch in batches] if augment else None
         for batch, images in zip(batches, read_batches(source, batches, views)):
-            yield images, g.labels[batch]
+            yield images, (g.labels[batch] if targets is None else targets[batch])
 
     size = batch_size if drop_remainder else None
+    second = (tf.TensorSpec((size,), tf.int32) if targets is None
+              else tf.TensorSpec((size, targets.shape[1]), tf.float32))
     dataset = tf.data.Dataset.from_generator(
-        generate,
-        output_signature=(tf.TensorSpec((size, *g.image_shape), tf.uint8), tf.TensorSpec((size,), tf.int32)),
-    )
+        generate, output_signature=(tf.TensorSpec((size, *g.image_shape), tf.uint8), second))
     # A known length lets Keras show progress and size its epochs from the first one.
     n_batches = len(indices) // batch_size if drop_remainder else -(-len(indices) // batch_size)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(n_batches))

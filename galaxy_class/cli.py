@@ -30,7 +30,9 @@ def cmd_train(args):
     settings = {"model": args.model, "data": args.data, "seed": args.seed, "epochs": args.epochs,
                 "fine_tune_epochs": args.fine_tune_epochs, "weights": args.weights,
                 "image_size": args.image_size, "batch_size": args.batch_size, "alpha": args.alpha,
-                "steps_per_epoch": args.steps_per_epoch, "precision": args.precision, "cache": args.cache}
+                "steps_per_epoch": args.steps_per_epoch, "precision": args.precision, "cache": args.cache,
+                "fine_tune_schedule": args.fine_tune_schedule, "teacher": args.teacher,
+                "teacher_weight": args.teacher_weight}
     config = Config().replace(**{k: v for k, v in settings.items() if v is not None})
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else 2)
     print(f"Finished: {args.out}")
@@ -180,6 +182,12 @@ def build_parser():
     p.add_argument("--seed", type=int)
     p.add_argument("--epochs", type=int, help="stage 1 epochs (new head)")
     p.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (fine-tuning)")
+    p.add_argument("--fine-tune-schedule", choices=["constant", "cosine"],
+                   help="fine-tuning learning rate: constant, or decaying to zero over the fine-tuning epochs")
+    p.add_argument("--teacher", metavar="RUN",
+                   help="distil from this finished run (trained on the same data and seed, e.g. a SqueezeNet run)")
+    p.add_argument("--teacher-weight", type=float, metavar="W",
+                   help="share of the teacher's probabilities in the training targets (default 0.5)")
     p.add_argument("--weights", help="none, imagenet (downloaded by Keras) or a path to a weights file")
     p.add_argument("--image-size", type=int, help="the size the model resizes its input to")
     p.add_argument("--batch-size", type=int)

@@ -22,11 +22,14 @@ class Config:
     fine_tune_epochs: int = 25        # stage 2: base unfrozen, lower learning rate
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 2e-4
+    fine_tune_schedule: str = "constant"  # constant | cosine: the fine-tuning rate decays to 0 over its epochs
     fine_tune_layers: int = 0         # how many of the base's last layers to unfreeze; 0 = all of them
     label_smoothing: float = 0.05
     class_weight: str = "sqrt"        # none | sqrt | balanced: weight classes by (1/frequency)**power
     augment: bool = True              # random flips and 90-degree rotations
     patience: int = 8                 # early stopping on validation loss, best weights kept
+    teacher: str = ""                 # a finished run of the same split to distil from ("": none; distill.py)
+    teacher_weight: float = 0.5       # share of the teacher's probabilities in the training targets
     tta: bool = True                  # evaluate with the mean over the 8 flips and rotations
     seed: int = 0
     val_fraction: float = 0.1

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from galaxy_class import calibration, evaluate, predict
+from galaxy_class import calibration, distill, evaluate, predict
 from galaxy_class.batches import check_cache, make_dataset, open_images
 from galaxy_class.config import Config, run_config
 from galaxy_class.cutout import read_recipe
@@ -93,6 +93,8 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
     split = split_indices(g.labels, seed=config.seed,
                           fractions=(1 - config.val_fraction - config.test_fraction,
                                      config.val_fraction, config.test_fraction))
+    if config.teacher:  # before anything is written: a teacher that cannot be used leaves no run behind
+        distill.check_teacher(config.teacher, g.class_names, split, config.teacher_weight)
     recipe = read_recipe(g.path, g.source, g.image_shape[0], len(g.class_names))
     # Chosen once and saved: a resumed run goes on in the precision it started in, wherever it resumes.
     policy, why = choose_precision(config.precision, config.model)
@@ -179,12 +181,16 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
     # Pass e over the training data is shuffled by (seed, e) counted over both stages, resumed or not;
     # the batches are the same whether the images are held in memory or streamed.
     images = open_images(g, np.concatenate([split["train"], split["val"]]), config.cache, verbose=bool(verbose))
+    # Distilled: the training targets mix the labels with the teacher's probabilities; validation (early
+    # stopping) and everything after training still score against the labels alone.
+    targets = distill.teacher_targets(config.teacher, g, split, config.teacher_weight) if config.teacher else None
     train_ds = make_dataset(g, split["train"], batch, shuffle=True, augment=config.augment, seed=config.seed,
-                            first_epoch=epochs_done, source=images)
+                            first_epoch=epochs_done, source=images, targets=targets)
     val_ds = make_dataset(g, split["val"], batch, source=images)
     if config.steps_per_epoch:
         train_ds, val_ds = train_ds.take(config.steps_per_epoch), val_ds.take(config.steps_per_epoch)
-    train_ds, val_ds = train_ds.map(one_hot), val_ds.map(one_hot)
+    train_ds, val_ds = (train_ds if targets is not None else train_ds.map(one_hot)), val_ds.map(one_hot)
+    steps = config.steps_per_epoch or -(-len(split["train"]) // batch)
     weights = class_weights(g.labels[split["train"]], num_classes, config.class_weight)
     pretrained = config.weights not in ("none", None)
 
@@ -198,7 +204,7 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
         if epochs and not stage_over(rows, epochs, config.patience):
             with strategy.scope():
                 set_trainable(model, stage, pretrained, config.fine_tune_layers)
-                model.compile(optimizer=keras.optimizers.Adam(lr),
+                model.compile(optimizer=keras.optimizers.Adam(learning_rate(lr, stage, epochs * steps, config)),
                               loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                               metrics=["accuracy"])
                 if rows:  # killed during this stage: go on from its last committed epoch
@@ -217,6 +223,17 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
             note_pause(run_dir, sum(len(_read_csv(run_dir / f"history_{s}.csv")) for s in STAGES))
             return None
     return model
+
+
+def learning_rate(lr, stage, steps, config):
+    """The stage's rate: constant, or for fine-tuning with the cosine schedule decaying to zero over its
+    `steps` (counted by the optimizer, whose state a resumed run restores)."""
+    if stage == "stage2" and config.fine_tune_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
+    if config.fine_tune_schedule not in ("constant", "cosine"):
+        raise GalaxyClassError(f"unknown fine-tuning schedule {config.fine_tune_schedule!r}: choose constant or "
+                               f"cosine")
+    return lr
 
 
 def _build(config, dtype_policy):

@@ -1,0 +1,104 @@
+"""Training recipes side by side: held-out accuracy, macro-F1, Mergers found and wall time, over seeds.
+
+    python benchmarks/recipes.py --data ../shared/data/gz1_sdss_dev.h5 --seeds 0 1 2 \
+        --recipe squeezenet:model=squeezenet --recipe mobilenet:model=mobilenet \
+        --recipe balanced:model=mobilenet,class_weight=balanced
+
+Each `--recipe NAME:SETTING=VALUE,...` is the defaults of `galaxy_class/config.py` with those settings
+changed. Every recipe is trained once per seed into `runs/recipes/NAME-sSEED` (a finished run there is
+reused, not retrained; its recorded wall time is reported). A seed also draws the stratified split, so the
+seeds give different test galaxies: the pooled line sums the confusion matrices of all seeds, which holds
+several times the Mergers one test split does (8 on the development file). Wall times are of this machine
+and of whatever else ran on it: compare them within one table.
+"""
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def parse_recipe(text):
+    """"name:key=value,key=value" -> (name, {key: value}) with values parsed as JSON where they can be."""
+    name, _, rest = text.partition(":")
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except ValueError:
+            settings[key.strip()] = value.strip()
+    return name, settings
+
+
+def run_recipe(name, settings, data, seed, root):
+    """Train (or reuse) one recipe at one seed; returns its metrics with the training wall time."""
+    from galaxy_class.config import Config
+    from galaxy_class.train import run_state, train
+
+    run_dir = Path(root) / f"{name}-s{seed}"
+    timing = run_dir / "wall_time.json"
+    if run_state(run_dir) != "finished" or not timing.exists():
+        config = Config().replace(data=data, seed=seed, **settings)
+        start = time.perf_counter()
+        train(config, run_dir, overwrite=run_state(run_dir) == "finished", verbose=0)
+        timing.write_text(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    return {**metrics, "seconds": json.loads(timing.read_text())["seconds"],
+            "epochs": f"{history['epochs_stage1']} + {history['epochs_stage2']}"}
+
+
+def pooled(results, class_names):
+    """Accuracy, macro-F1 and per-class recall of all seeds' test galaxies together."""
+    matrix = sum(np.array(r["confusion_matrix"]) for r in results)
+    recall = np.diag(matrix) / np.maximum(matrix.sum(1), 1)
+    precision = np.diag(matrix) / np.maximum(matrix.sum(0), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    return {"accuracy": np.trace(matrix) / matrix.sum(), "macro_f1": f1.mean(),
+            "found": {n: (int(matrix[i, i]), int(matrix[i].sum())) for i, n in enumerate(class_names)}}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="a Galaxy10-schema HDF5 file")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--recipe", action="append", required=True, metavar="NAME:K=V,...")
+    parser.add_argument("--root", default="runs/recipes", help="where the runs go")
+    parser.add_argument("--rare", default="Merger", help="the class whose finds get their own column")
+    args = parser.parse_args(argv)
+
+    recipes = [parse_recipe(r) for r in args.recipe]
+    rows = []
+    for name, settings in recipes:
+        results = [run_recipe(name, settings, args.data, seed, args.root) for seed in args.seeds]
+        names = list(results[0]["per_class"])
+        for seed, r in zip(args.seeds, results):
+            s = r["per_class"].get(args.rare, {})
+            found = round(s.get("recall", 0) * s.get("support", 0))
+            rows.append((name, str(seed), r["accuracy"], r["macro_f1"], f"{found} / {s.get('support', 0)}",
+                         r["epochs"], f"{r['seconds'] / 60:.1f} min"))
+        if len(results) > 1:
+            p = pooled(results, names)
+            found, n = p["found"].get(args.rare, (0, 0))
+            minutes = np.mean([r["seconds"] for r in results]) / 60
+            rows.append((name, "pooled", p["accuracy"], p["macro_f1"], f"{found} / {n}", "",
+                         f"{minutes:.1f} min (mean)"))
+        print_table(rows, args.rare)  # after each recipe, so a long sweep shows what it has so far
+    return rows
+
+
+def print_table(rows, rare):
+    print(f"\n| recipe | seed | accuracy | macro-F1 | {rare}s found | epochs | wall time |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, seed, acc, f1, found, epochs, wall in rows:
+        print(f"| {name} | {seed} | {acc:.3f} | {f1:.3f} | {found} | {epochs} | {wall} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

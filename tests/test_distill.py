@@ -1,0 +1,75 @@
+"""Distilling from a trained run, and the cosine fine-tuning schedule."""
+
+import json
+
+import numpy as np
+import pytest
+
+from galaxy_class import GalaxyClassError
+from galaxy_class.batches import make_dataset
+from galaxy_class.config import Config
+from galaxy_class.data import open_galaxy10, read_images
+from galaxy_class.distill import teacher_targets
+from galaxy_class.predict import predict_file
+from galaxy_class.train import learning_rate, load_run, train
+
+
+def test_teacher_targets_mix_the_labels_with_the_teachers_8_view_probabilities(tiny_run, sample_file):
+    g = open_galaxy10(sample_file)
+    model, config, split = load_run(tiny_run)
+    targets = teacher_targets(tiny_run, g, split, weight=0.25)
+    train_rows = targets[split["train"]]
+    probs, labels = predict_file(model, g, split["train"], tta=True)
+    np.testing.assert_allclose(train_rows, 0.75 * np.eye(len(config.class_names))[labels] + 0.25 * probs,
+                               atol=1e-5)
+    np.testing.assert_allclose(train_rows.sum(axis=1), 1, atol=1e-5)
+    assert (train_rows.argmax(axis=1) == labels).all(), "with weight < 1/2 the label keeps the largest share"
+    others = np.setdiff1d(np.arange(len(g.labels)), split["train"])
+    assert not targets[others].any(), "nothing of the teacher on validation or test galaxies"
+
+
+def test_batches_carry_the_targets_of_their_own_images(sample_file):
+    g = open_galaxy10(sample_file)
+    indices = np.arange(0, 60, 3)
+    targets = np.zeros((len(g.labels), 4), np.float32)
+    targets[:, 0], targets[:, 1] = np.arange(len(g.labels)), g.labels  # each row names its image and label
+    batches = list(make_dataset(g, indices, 7, shuffle=True, seed=3, targets=targets))
+    assert sum(len(rows) for _, rows in batches) == len(indices)
+    for images, rows in batches:
+        rows = np.asarray(rows)
+        assert rows.dtype == np.float32 and rows.shape[1] == 4
+        positions = rows[:, 0].astype(int)
+        np.testing.assert_array_equal(np.asarray(images), read_images(g, positions))
+        np.testing.assert_array_equal(rows[:, 1], g.labels[positions])
+
+
+def test_a_teacher_trained_on_another_split_is_refused_before_anything_is_written(tiny_run, tiny_config,
+                                                                                  tmp_path):
+    run_dir = tmp_path / "student"
+    with pytest.raises(GalaxyClassError, match="another split.*leak"):
+        train(tiny_config.replace(seed=1, teacher=str(tiny_run)), run_dir, verbose=0)
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+    with pytest.raises(GalaxyClassError, match="not a finished training run"):
+        train(tiny_config.replace(teacher=str(tmp_path)), tmp_path / "student2", verbose=0)
+    with pytest.raises(GalaxyClassError, match="teacher weight 1.5: must be"):
+        train(tiny_config.replace(teacher=str(tiny_run), teacher_weight=1.5), tmp_path / "student3", verbose=0)
+    assert not (tmp_path / "student3" / "config.json").exists()
+
+
+def test_a_distilled_run_trains_and_records_its_teacher(tiny_run, tiny_config, tmp_path):
+    run_dir = tmp_path / "student"
+    metrics = train(tiny_config.replace(teacher=str(tiny_run), teacher_weight=0.5), run_dir, verbose=0)
+    assert 0 <= metrics["accuracy"] <= 1
+    saved = Config.load(run_dir / "config.json")
+    assert saved.teacher == str(tiny_run) and saved.teacher_weight == 0.5
+    assert json.loads((run_dir / "history.json").read_text())["epochs_stage2"] == 1
+
+
+def test_cosine_fine_tuning_decays_to_zero_and_the_head_stage_stays_constant():
+    cosine = Config(fine_tune_schedule="cosine")
+    schedule = learning_rate(2e-4, "stage2", 100, cosine)
+    assert [round(float(schedule(step)), 9) for step in (0, 50, 100)] == [2e-4, 1e-4, 0.0]
+    assert learning_rate(1e-3, "stage1", 100, cosine) == 1e-3
+    assert learning_rate(2e-4, "stage2", 100, Config()) == 2e-4
+    with pytest.raises(GalaxyClassError, match="schedule 'linear'"):
+        learning_rate(2e-4, "stage2", 100, Config(fine_tune_schedule="linear"))
