@@ -97,8 +97,22 @@ def test_int8_export_is_integer_only_with_uint8_input_and_a_third_of_the_size(fl
     used = {i for op in lite.interpreter._get_ops_details() for i in [*op["inputs"], *op["outputs"]] if i >= 0}
     assert {tensors[i]["dtype"] for i in used} <= {np.uint8, np.int8, np.int32}
     assert lite.input_dtype == np.uint8 and lite._input["quantization"] == (1.0, 0)
-    # Per-channel scales and zero points of this small model keep it above a quarter of the float size.
-    assert int8["tflite_bytes"] < 0.4 * float32["tflite_bytes"]
+    # Per-channel scales and zero points (a fifth of this small model's int8 file) keep it above a quarter.
+    assert int8["tflite_bytes"] <= 0.35 * float32["tflite_bytes"]
+
+
+def test_exported_files_drop_tensor_names_but_keep_their_signature(float32, int8):
+    for report in (float32, int8):
+        interpreter = TFLiteModel(report["tflite"]).interpreter
+        assert not any(t["name"] for t in interpreter.get_tensor_details()), report["tflite"]
+        (signature,) = interpreter.get_signature_list().values()
+        assert signature["inputs"] == ["image"] and len(signature["outputs"]) == 1
+        runner = interpreter.get_signature_runner()
+        images = np.zeros((1, *interpreter.get_input_details()[0]["shape"][1:]), np.uint8)
+        (raw,) = runner(image=images).values()
+        scale, zero = interpreter.get_output_details()[0]["quantization"]
+        probs = (raw.astype(np.float32) - zero) * scale if scale else raw
+        np.testing.assert_allclose(probs.sum(), 1, atol=0.05)
 
 
 def test_int8_export_agrees_with_the_keras_model_on_real_images(pretrained_run, int8, test_images):
