@@ -23,6 +23,8 @@ class Config:
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 2e-4
     fine_tune_schedule: str = "constant"  # constant | cosine: the fine-tuning rate decays to 0 over its epochs
+    weight_average: float = 0.0       # fine-tuning: validate and keep a moving average of the weights with this
+                                      # momentum (e.g. 0.99; 0: the weights themselves)
     fine_tune_layers: int = 0         # how many of the base's last layers to unfreeze; 0 = all of them
     label_smoothing: float = 0.05
     class_weight: str = "sqrt"        # none | sqrt | balanced: weight classes by (1/frequency)**power

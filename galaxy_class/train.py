@@ -201,24 +201,31 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
     for stage, epochs, lr in stages:
         log, folder = run_dir / f"history_{stage}.csv", run_dir / "backup" / stage
         rows = _read_csv(log)
+        averaged = stage == "stage2" and config.weight_average > 0
+        with strategy.scope():  # compiled even when the stage is over: its optimizer holds averaged weights
+            set_trainable(model, stage, pretrained, config.fine_tune_layers)
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate(lr, stage, epochs * steps, config),
+                                                          use_ema=averaged, ema_momentum=config.weight_average or 0.99),
+                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                          metrics=["accuracy"])
+            if rows:  # killed during (or after) this stage: go on from its last committed epoch
+                model.optimizer.build(model.trainable_variables)
         if epochs and not stage_over(rows, epochs, config.patience):
             with strategy.scope():
-                set_trainable(model, stage, pretrained, config.fine_tune_layers)
-                model.compile(optimizer=keras.optimizers.Adam(learning_rate(lr, stage, epochs * steps, config)),
-                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                              metrics=["accuracy"])
-                if rows:  # killed during this stage: go on from its last committed epoch
-                    model.optimizer.build(model.trainable_variables)
+                if rows:
                     load_state(model, _state_file(folder, len(rows), log))
             lines = [EpochLine(stage, epochs)] if verbose else []
+            # Validation (so early stopping and the best epoch) sees the averaged weights; training goes on
+            # from the raw ones, which are what each epoch's state saves beside the optimizer's averages.
+            swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=False)] if averaged else []
             # Not Keras' BackupAndRestore: the epoch it restores stays set on the model for every later fit,
             # so a run resumed in stage 1 skipped that many epochs of stage 2.
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=len(rows),
                       class_weight=weights, verbose=0, shuffle=False,
-                      callbacks=[StageCheckpoint(folder, log, config.patience), *lines, *callbacks])
+                      callbacks=[*swap, StageCheckpoint(folder, log, config.patience), *lines, *callbacks])
             rows = _read_csv(log)
         with strategy.scope():
-            end_stage(model, folder, log, rows)
+            end_stage(model, folder, log, rows, averaged)
         if stage == stop_after:
             note_pause(run_dir, sum(len(_read_csv(run_dir / f"history_{s}.csv")) for s in STAGES))
             return None
@@ -345,14 +352,20 @@ def stage_over(rows, epochs, patience):
     return len(rows) >= epochs or early_stopped(rows, patience)
 
 
-def end_stage(model, folder, log, rows):
-    """Load the stage's last state (seeds included) and then its best weights: the same after a fit or a kill."""
+def end_stage(model, folder, log, rows, averaged=False):
+    """Load the stage's last state (seeds included) and then its best weights, or with `averaged` the best
+    epoch's moving average of them: the same after a fit or a kill."""
     if not rows:
         return
     load_state(model, _state_file(folder, len(rows), log), parts=("weights", "seeds"))
     best = best_epoch(rows)
-    if best != len(rows):
-        load_state(model, _state_file(folder, best, log), parts=("weights",))
+    if best != len(rows) or averaged:
+        load_state(model, _state_file(folder, best, log), parts=("weights", "optimizer") if averaged else ("weights",))
+    if averaged:
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # mixed precision wraps it
+        for variable, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average,
+                                     strict=True):
+            variable.assign(average)
 
 
 def _state_variables(model):

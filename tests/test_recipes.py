@@ -1,4 +1,5 @@
-"""Distilling from a trained run, and the cosine fine-tuning schedule."""
+"""Training recipes beside the defaults: distilling from a trained run, the cosine fine-tuning schedule,
+a moving average of the weights."""
 
 import json
 
@@ -73,3 +74,23 @@ def test_cosine_fine_tuning_decays_to_zero_and_the_head_stage_stays_constant():
     assert learning_rate(2e-4, "stage2", 100, Config()) == 2e-4
     with pytest.raises(GalaxyClassError, match="schedule 'linear'"):
         learning_rate(2e-4, "stage2", 100, Config(fine_tune_schedule="linear"))
+
+
+def test_a_weight_averaged_run_validates_and_keeps_the_averaged_weights(tiny_config, tmp_path):
+    config = tiny_config.replace(weights="imagenet", image_size=64, fine_tune_epochs=3, steps_per_epoch=3)
+    train(config, tmp_path / "plain", verbose=0)
+    plain = json.loads((tmp_path / "plain" / "history.json").read_text())
+    train(config.replace(weight_average=0.5), tmp_path / "averaged", verbose=0)
+    history = json.loads((tmp_path / "averaged" / "history.json").read_text())
+    fine_tuning = slice(history["fine_tune_start_epoch"], None)
+    assert history["val_loss"][fine_tuning] != plain["val_loss"][fine_tuning], "validation saw the averages"
+    assert history["val_loss"][:1] == plain["val_loss"][:1], "the head stage is not averaged"
+    # The kept model is the one validated at the best fine-tuning epoch: the same accuracy on the same
+    # validation images (steps_per_epoch batches of them, in split order; the temperature keeps the argmax).
+    model, _, split = load_run(tmp_path / "averaged")
+    g = open_galaxy10(config.data)
+    seen = split["val"][:config.steps_per_epoch * config.batch_size]
+    probs, labels = predict_file(model, g, seen)
+    losses = history["val_loss"][fine_tuning]
+    best = losses.index(min(losses))
+    assert np.mean(probs.argmax(1) == labels) == pytest.approx(history["val_accuracy"][fine_tuning][best])
