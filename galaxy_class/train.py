@@ -93,6 +93,8 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
     split = split_indices(g.labels, seed=config.seed,
                           fractions=(1 - config.val_fraction - config.test_fraction,
                                      config.val_fraction, config.test_fraction))
+    if not 0 <= config.weight_average < 1:
+        raise GalaxyClassError(f"weight average momentum {config.weight_average}: must be at least 0 and below 1")
     if config.teacher:  # before anything is written: a teacher that cannot be used leaves no run behind
         distill.check_teacher(config.teacher, g.class_names, split, config.teacher_weight)
     recipe = read_recipe(g.path, g.source, g.image_shape[0], len(g.class_names))

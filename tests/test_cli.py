@@ -41,6 +41,20 @@ def test_train_on_a_missing_file_is_one_error_line(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--teacher", "NOPE"], ["NOPE", "no such run folder"]),
+    (["--teacher", "TINY", "--seed", "3"], ["TINY", "another split"]),
+    (["--weight-average", "1"], ["weight average momentum 1.0"]),
+])
+def test_train_with_an_unusable_recipe_is_one_error_line_and_writes_nothing(capsys, tiny_run, tmp_path, flags,
+                                                                               words):
+    names = {"NOPE": tmp_path / "nope", "TINY": tiny_run}
+    code, _, err = run_cli(capsys, "train", "--model", "mobilenet", "--data", "sample", "--out", tmp_path / "run",
+                           *[names.get(f, f) for f in flags])
+    assert_one_error_line(code, err, *[names.get(w, w) for w in words])
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_into_a_finished_run_is_refused(capsys, tiny_run):
     code, _, err = run_cli(capsys, "train", "--model", "mobilenet", "--data", "sample", "--out", tiny_run)
     assert_one_error_line(code, err, tiny_run, "--overwrite")
