@@ -5,7 +5,8 @@
         --recipe balanced:model=mobilenet,class_weight=balanced
 
 Each `--recipe NAME:SETTING=VALUE,...` is the defaults of `galaxy_class/config.py` with those settings
-changed. Every recipe is trained once per seed into `runs/recipes/NAME-sSEED` (a finished run there is
+changed; `{seed}` in a value is replaced by the seed (a teacher of the same split:
+`distill:model=mobilenet,teacher=runs/recipes/squeezenet-s{seed}`). Every recipe is trained once per seed into `runs/recipes/NAME-sSEED` (a finished run there is
 reused, not retrained; its recorded wall time is reported). A seed also draws the stratified split, so the
 seeds give different test galaxies: the pooled line sums the confusion matrices of all seeds, which holds
 several times the Mergers one test split does (8 on the development file). Wall times are of this machine
@@ -39,12 +40,17 @@ def parse_recipe(text):
 def run_recipe(name, settings, data, seed, root):
     """Train (or reuse) one recipe at one seed; returns its metrics with the training wall time."""
     from galaxy_class.config import Config
-    from galaxy_class.train import run_state, train
+    from galaxy_class.train import run_state, settings_differences, train
 
     run_dir = Path(root) / f"{name}-s{seed}"
     timing = run_dir / "wall_time.json"
-    if run_state(run_dir) != "finished" or not timing.exists():
-        config = Config().replace(data=data, seed=seed, **settings)
+    settings = {k: v.format(seed=seed) if isinstance(v, str) else v for k, v in settings.items()}
+    config = Config().replace(data=data, seed=seed, **settings)
+    if run_state(run_dir) == "finished" and timing.exists():
+        differences = settings_differences(Config.load(run_dir / "config.json"), config)
+        if differences:
+            raise SystemExit(f"error: {run_dir} holds recipe {name} with other settings: {'; '.join(differences)}")
+    else:
         start = time.perf_counter()
         train(config, run_dir, overwrite=run_state(run_dir) == "finished", verbose=0)
         timing.write_text(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
