@@ -6,7 +6,6 @@ found beside the file or in the run folder it came from.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import warnings
@@ -71,8 +70,7 @@ def load_tflite(path):
     The split is read from the run folder only when first used, so predicting needs just the file.
     """
     model = TFLiteModel(path)
-    config = Config(**{k: v for k, v in model.metadata["config"].items()
-                       if k in {f.name for f in dataclasses.fields(Config)}})
+    config = Config.from_dict(model.metadata["config"])
     return model, config, _RunSplit(model.path, model.metadata)
 
 

@@ -78,7 +78,7 @@ def test_cosine_fine_tuning_decays_to_zero_and_the_head_stage_stays_constant():
 
 def test_a_weight_averaged_run_validates_and_keeps_the_averaged_weights(tiny_config, tmp_path):
     config = tiny_config.replace(weights="imagenet", image_size=64, fine_tune_epochs=3, steps_per_epoch=3)
-    train(config, tmp_path / "plain", verbose=0)
+    train(config.replace(weight_average=0.0), tmp_path / "plain", verbose=0)
     plain = json.loads((tmp_path / "plain" / "history.json").read_text())
     train(config.replace(weight_average=0.5), tmp_path / "averaged", verbose=0)
     history = json.loads((tmp_path / "averaged" / "history.json").read_text())
@@ -94,3 +94,16 @@ def test_a_weight_averaged_run_validates_and_keeps_the_averaged_weights(tiny_con
     losses = history["val_loss"][fine_tuning]
     best = losses.index(min(losses))
     assert np.mean(probs.argmax(1) == labels) == pytest.approx(history["val_accuracy"][fine_tuning][best])
+
+
+def test_mobilenet_averages_its_weights_by_default_and_older_runs_load_as_trained(tmp_path):
+    assert Config(model="mobilenet").resolved().weight_average == 0.99
+    assert Config(model="squeezenet").resolved().weight_average == 0.0
+    assert Config(model="mobilenet", weight_average=0.0).resolved().weight_average == 0.0
+    saved = Config(model="mobilenet").resolved()
+    saved.save(tmp_path / "config.json")
+    assert Config.load(tmp_path / "config.json") == saved
+    older = json.loads((tmp_path / "config.json").read_text())
+    del older["weight_average"]  # a run saved before the setting existed trained without an average
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    assert Config.load(tmp_path / "config.json").weight_average == 0.0
