@@ -186,7 +186,7 @@ def build_parser():
                    help="fine-tuning learning rate: constant, or decaying to zero over the fine-tuning epochs")
     p.add_argument("--weight-average", type=float, metavar="M",
                    help="fine-tuning validates and keeps a moving average of the weights with momentum M "
-                        "(default: 0.99 for mobilenet, 0 = none for the others)")
+                        "(e.g. 0.99; default 0: the weights themselves)")
     p.add_argument("--teacher", metavar="RUN",
                    help="distil from this finished run (trained on the same data and seed, e.g. a SqueezeNet run)")
     p.add_argument("--teacher-weight", type=float, metavar="W",

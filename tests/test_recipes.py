@@ -96,11 +96,11 @@ def test_a_weight_averaged_run_validates_and_keeps_the_averaged_weights(tiny_con
     assert np.mean(probs.argmax(1) == labels) == pytest.approx(history["val_accuracy"][fine_tuning][best])
 
 
-def test_mobilenet_averages_its_weights_by_default_and_older_runs_load_as_trained(tmp_path):
-    assert Config(model="mobilenet").resolved().weight_average == 0.99
+def test_no_model_averages_its_weights_by_default_and_older_runs_load_as_trained(tmp_path):
+    assert Config(model="mobilenet").resolved().weight_average == 0.0
     assert Config(model="squeezenet").resolved().weight_average == 0.0
-    assert Config(model="mobilenet", weight_average=0.0).resolved().weight_average == 0.0
-    saved = Config(model="mobilenet").resolved()
+    assert Config(model="mobilenet", weight_average=0.99).resolved().weight_average == 0.99
+    saved = Config(model="mobilenet", weight_average=0.99).resolved()
     saved.save(tmp_path / "config.json")
     assert Config.load(tmp_path / "config.json") == saved
     older = json.loads((tmp_path / "config.json").read_text())
