@@ -45,7 +45,7 @@ def run_recipe(name, settings, data, seed, root):
     run_dir = Path(root) / f"{name}-s{seed}"
     timing = run_dir / "wall_time.json"
     settings = {k: v.format(seed=seed) if isinstance(v, str) else v for k, v in settings.items()}
-    config = Config().replace(data=data, seed=seed, **settings).resolved()
+    config = Config().replace(data=data, seed=seed, **settings)
     if run_state(run_dir) == "finished" and timing.exists():
         differences = settings_differences(Config.load(run_dir / "config.json"), config)
         if differences:

@@ -8,14 +8,6 @@ from pathlib import Path
 from galaxy_class.errors import GalaxyClassError
 
 
-# The fine-tuning weight average each model gets unless told otherwise. For MobileNet alpha=0.25 an average
-# (0.99) raised held-out 8-view scores but its int8 file followed it less closely (benchmarks/README.md,
-# "Training recipes"), so no model averages by default.
-WEIGHT_AVERAGE = {}
-# What runs saved before a setting existed trained with.
-SAVED_BEFORE_THE_SETTING = {"weight_average": 0.0}
-
-
 @dataclass
 class Config:
     model: str = "mobilenet"          # mobilenet | mobilenet_v2 | squeezenet
@@ -31,8 +23,10 @@ class Config:
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 2e-4
     fine_tune_schedule: str = "constant"  # constant | cosine: the fine-tuning rate decays to 0 over its epochs
-    weight_average: float | None = None  # fine-tuning: validate and keep a moving average of the weights with
-                                      # this momentum (0: the weights themselves; None: WEIGHT_AVERAGE's default)
+    # Fine-tuning validates and keeps a moving average of the weights with this momentum (0: the weights
+    # themselves). Not the default: for MobileNet alpha=0.25 it raised held-out 8-view scores, but its int8 file
+    # followed it less closely (benchmarks/README.md, "Training recipes").
+    weight_average: float = 0.0
     fine_tune_layers: int = 0         # how many of the base's last layers to unfreeze; 0 = all of them
     label_smoothing: float = 0.05
     class_weight: str = "sqrt"        # none | sqrt | balanced: weight classes by (1/frequency)**power
@@ -54,12 +48,6 @@ class Config:
     cutout: dict = field(default_factory=dict)  # how the data's images were cut from raw cutouts (cutout.py)
     dtype_policy: str = ""            # the precision the run trains in ("": float32, runs made before the setting)
 
-    def resolved(self):
-        """These settings with the model's defaults filled in where a setting was left to them."""
-        if self.weight_average is None:
-            return self.replace(weight_average=WEIGHT_AVERAGE.get(self.model, 0.0))
-        return self
-
     def save(self, path):
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
@@ -75,7 +63,7 @@ class Config:
     def from_dict(cls, values):
         """Settings as saved by `save` (or in an exported file's metadata), of this version or an earlier one."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**SAVED_BEFORE_THE_SETTING, **{k: v for k, v in values.items() if k in known}})
+        return cls(**{k: v for k, v in values.items() if k in known})  # a setting added later: its default
 
     def replace(self, **changes):
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -67,7 +67,6 @@ def class_weights(labels, num_classes, mode):
 def prepare_run(config, run_dir, overwrite=False, verbose=False):
     """Create or reopen a run folder; returns the run's config, data file and split."""
     run_dir = Path(run_dir)
-    config = config.resolved()
     state = run_state(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise GalaxyClassError(f"{run_dir}: exists and is not a folder")
