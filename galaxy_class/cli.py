@@ -31,7 +31,8 @@ def cmd_train(args):
                 "fine_tune_epochs": args.fine_tune_epochs, "weights": args.weights,
                 "image_size": args.image_size, "batch_size": args.batch_size, "alpha": args.alpha,
                 "steps_per_epoch": args.steps_per_epoch, "precision": args.precision, "cache": args.cache,
-                "fine_tune_schedule": args.fine_tune_schedule, "teacher": args.teacher,
+                "fine_tune_schedule": args.fine_tune_schedule, "fine_tune_batchnorm": args.fine_tune_batchnorm,
+                "teacher": args.teacher,
                 "teacher_weight": args.teacher_weight, "weight_average": args.weight_average}
     config = Config().replace(**{k: v for k, v in settings.items() if v is not None})
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else 2)
@@ -184,6 +185,9 @@ def build_parser():
     p.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (fine-tuning)")
     p.add_argument("--fine-tune-schedule", choices=["constant", "cosine"],
                    help="fine-tuning learning rate: constant, or decaying to zero over the fine-tuning epochs")
+    p.add_argument("--fine-tune-batchnorm", choices=["adapt", "frozen"],
+                   help="a pretrained base's BatchNorm layers while fine-tuning: each batch's statistics, which the "
+                        "moving ones follow (adapt, default), or ImageNet's statistics and scales (frozen)")
     p.add_argument("--weight-average", type=float, metavar="M",
                    help="fine-tuning validates and keeps a moving average of the weights with momentum M "
                         "(e.g. 0.99; default 0: the weights themselves)")

@@ -27,6 +27,7 @@ class Config:
     # themselves). Not the default: for MobileNet alpha=0.25 it raised held-out 8-view scores, but its int8 file
     # followed it less closely (benchmarks/README.md, "Training recipes").
     weight_average: float = 0.0
+    fine_tune_batchnorm: str = "adapt"  # adapt | frozen: a pretrained base's BatchNorm layers while fine-tuning
     fine_tune_layers: int = 0         # how many of the base's last layers to unfreeze; 0 = all of them
     label_smoothing: float = 0.05
     class_weight: str = "sqrt"        # none | sqrt | balanced: weight classes by (1/frequency)**power

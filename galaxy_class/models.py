@@ -89,8 +89,10 @@ def _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, 
     # graph-mode Resizing does not. Bilinear resizing commutes with the per-channel affine scaling.
     x = scale(inputs)
     x = layers.Resizing(image_size, image_size, name="resize")(x)
-    # A pretrained base stays in inference mode (BatchNorm statistics frozen) even when fine-tuned;
-    # new BatchNorm layers (from scratch, or added to SqueezeNet) must learn their statistics.
+    # A pretrained base called without a training flag (model(x)) runs in inference mode; new BatchNorm
+    # layers (from scratch, or added to SqueezeNet) must learn their statistics. This does not hold in fit():
+    # Keras 3 hands the outer training flag to the nested model, so whether the base's BatchNorm follows the
+    # galaxies while it fine-tunes is train.set_trainable's choice (trainable=False = inference mode).
     frozen_stats = weights is not None and not (arch == "squeezenet" and batchnorm)
     x = base(x, training=False if frozen_stats else None)
     x = layers.GlobalAveragePooling2D(name="pool")(x)

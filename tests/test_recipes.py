@@ -106,3 +106,41 @@ def test_no_model_averages_its_weights_by_default_and_older_runs_load_as_trained
     del older["weight_average"]  # a run saved before the setting existed trained without an average
     (tmp_path / "config.json").write_text(json.dumps(older))
     assert Config.load(tmp_path / "config.json").weight_average == 0.0
+
+
+def _moving_means(model):
+    import keras
+
+    from galaxy_class.models import base_model
+
+    return [np.array(layer.moving_mean) for layer in base_model(model).layers
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_batchnorm_statistics_follow_the_galaxies_only_while_the_base_fine_tunes_unless_frozen(tiny_config,
+                                                                                                tmp_path):
+    # Keras 3 hands the outer model's training flag to a nested model's layers, so calling the base with
+    # training=False when building the model would not keep ImageNet's statistics: only trainable=False does.
+    from galaxy_class.models import build_model
+    from galaxy_class.train import set_trainable
+
+    imagenet = _moving_means(build_model("mobilenet", 4, (69, 69, 3), image_size=64, weights="imagenet"))
+    g = open_galaxy10(tiny_config.data)
+    images, labels = read_images(g, np.arange(32)), np.eye(4)[g.labels[:32]]
+    for stage, mode, moves in [("stage1", "adapt", False), ("stage2", "frozen", False), ("stage2", "adapt", True)]:
+        model = build_model("mobilenet", 4, (69, 69, 3), image_size=64, weights="imagenet")
+        set_trainable(model, stage, pretrained=True, batchnorm=mode)
+        model.compile("adam", "categorical_crossentropy")
+        model.train_on_batch(images, labels)
+        moved = [not np.array_equal(a, b) for a, b in zip(_moving_means(model), imagenet)]
+        assert all(moved) if moves else not any(moved), (stage, mode)
+
+    config = tiny_config.replace(weights="imagenet", image_size=64)
+    train(config.replace(fine_tune_batchnorm="frozen"), tmp_path / "frozen", verbose=0)
+    frozen = _moving_means(load_run(tmp_path / "frozen")[0])
+    assert all(np.array_equal(a, b) for a, b in zip(frozen, imagenet)), "a frozen run keeps ImageNet's statistics"
+    assert Config.load(tmp_path / "frozen" / "config.json").fine_tune_batchnorm == "frozen"
+    assert Config().fine_tune_batchnorm == "adapt", "what every run trained before the setting existed did"
+    with pytest.raises(GalaxyClassError, match="BatchNorm mode 'train'"):
+        train(config.replace(fine_tune_batchnorm="train"), tmp_path / "bad", verbose=0)
+    assert not (tmp_path / "bad").exists()
