@@ -185,9 +185,9 @@ def build_parser():
     p.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (fine-tuning)")
     p.add_argument("--fine-tune-schedule", choices=["constant", "cosine"],
                    help="fine-tuning learning rate: constant, or decaying to zero over the fine-tuning epochs")
-    p.add_argument("--fine-tune-batchnorm", choices=["adapt", "frozen"],
-                   help="a pretrained base's BatchNorm layers while fine-tuning: each batch's statistics, which the "
-                        "moving ones follow (adapt, default), or ImageNet's statistics and scales (frozen)")
+    p.add_argument("--fine-tune-batchnorm", choices=["frozen", "adapt"],
+                   help="a pretrained base's BatchNorm layers while fine-tuning: ImageNet's statistics and scales "
+                        "(frozen, default), or each batch's statistics, which the moving ones follow (adapt)")
     p.add_argument("--weight-average", type=float, metavar="M",
                    help="fine-tuning validates and keeps a moving average of the weights with momentum M "
                         "(e.g. 0.99; default 0: the weights themselves)")

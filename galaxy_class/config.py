@@ -24,10 +24,13 @@ class Config:
     fine_tune_learning_rate: float = 2e-4
     fine_tune_schedule: str = "constant"  # constant | cosine: the fine-tuning rate decays to 0 over its epochs
     # Fine-tuning validates and keeps a moving average of the weights with this momentum (0: the weights
-    # themselves). Not the default: for MobileNet alpha=0.25 it raised held-out 8-view scores, but its int8 file
-    # followed it less closely (benchmarks/README.md, "Training recipes").
+    # themselves). Not the default: with frozen BatchNorm it no longer raised MobileNet's held-out scores
+    # (benchmarks/README.md, "Training recipes").
     weight_average: float = 0.0
-    fine_tune_batchnorm: str = "adapt"  # adapt | frozen: a pretrained base's BatchNorm layers while fine-tuning
+    # frozen | adapt: a pretrained base's BatchNorm layers while it fine-tunes: ImageNet's statistics and scales
+    # kept (inference mode), or each batch's statistics, which the moving ones follow (what runs made before
+    # the setting did). SqueezeNet has no pretrained BatchNorm layers: its optional ones always learn.
+    fine_tune_batchnorm: str = "frozen"
     fine_tune_layers: int = 0         # how many of the base's last layers to unfreeze; 0 = all of them
     label_smoothing: float = 0.05
     class_weight: str = "sqrt"        # none | sqrt | balanced: weight classes by (1/frequency)**power
@@ -64,6 +67,7 @@ class Config:
     def from_dict(cls, values):
         """Settings as saved by `save` (or in an exported file's metadata), of this version or an earlier one."""
         known = {f.name for f in dataclasses.fields(cls)}
+        values = {**BEFORE_THE_SETTING, **values}
         return cls(**{k: v for k, v in values.items() if k in known})  # a setting added later: its default
 
     def replace(self, **changes):
@@ -71,6 +75,10 @@ class Config:
         if unknown:
             raise GalaxyClassError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
+
+
+# What runs saved before a setting existed did, where that is not the setting's default.
+BEFORE_THE_SETTING = {"fine_tune_batchnorm": "adapt"}
 
 
 def run_config(run_dir):

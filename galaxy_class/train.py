@@ -208,7 +208,8 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
         rows = _read_csv(log)
         averaged = stage == "stage2" and config.weight_average > 0
         with strategy.scope():  # compiled even when the stage is over: its optimizer holds averaged weights
-            set_trainable(model, stage, pretrained, config.fine_tune_layers, config.fine_tune_batchnorm)
+            set_trainable(model, stage, pretrained, config.fine_tune_layers,
+                          "adapt" if config.model == "squeezenet" else config.fine_tune_batchnorm)
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(lr, stage, epochs * steps, config),
                                                           use_ema=averaged, ema_momentum=config.weight_average or 0.99),
                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),

@@ -140,7 +140,18 @@ def test_batchnorm_statistics_follow_the_galaxies_only_while_the_base_fine_tunes
     frozen = _moving_means(load_run(tmp_path / "frozen")[0])
     assert all(np.array_equal(a, b) for a, b in zip(frozen, imagenet)), "a frozen run keeps ImageNet's statistics"
     assert Config.load(tmp_path / "frozen" / "config.json").fine_tune_batchnorm == "frozen"
-    assert Config().fine_tune_batchnorm == "adapt", "what every run trained before the setting existed did"
+    older = json.loads((tmp_path / "frozen" / "config.json").read_text())
+    del older["fine_tune_batchnorm"]  # a run saved before the setting existed adapted its statistics
+    assert Config.from_dict(older).fine_tune_batchnorm == "adapt" and Config().fine_tune_batchnorm == "frozen"
     with pytest.raises(GalaxyClassError, match="BatchNorm mode 'train'"):
         train(config.replace(fine_tune_batchnorm="train"), tmp_path / "bad", verbose=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_squeezenets_own_batchnorm_layers_learn_whatever_the_setting(tiny_config, tmp_path):
+    # SqueezeNet's ImageNet weights have no BatchNorm: the layers --batchnorm adds are new and must learn.
+    config = tiny_config.replace(model="squeezenet", batchnorm=True, image_size=64, fine_tune_batchnorm="frozen",
+                                 weights="imagenet")
+    train(config, tmp_path / "run", verbose=0)
+    means = _moving_means(load_run(tmp_path / "run")[0])
+    assert means and all(np.any(m != 0) for m in means), "every added BatchNorm layer learned its statistics"
