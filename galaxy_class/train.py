@@ -273,8 +273,9 @@ SPEED_ONLY = ("cache",)
 
 def settings_differences(saved, requested):
     """The chosen settings in which two configs differ, as "name: saved -> requested" strings."""
+    moot = ("fine_tune_batchnorm",) if saved.model == requested.model == "squeezenet" else ()  # no pretrained BN
     return [f"{f}: {getattr(saved, f)!r} -> {getattr(requested, f)!r}"
-            for f in (f.name for f in dataclasses.fields(Config)) if f not in DERIVED + SPEED_ONLY
+            for f in (f.name for f in dataclasses.fields(Config)) if f not in DERIVED + SPEED_ONLY + moot
             and getattr(saved, f) != getattr(requested, f)]
 
 

@@ -155,3 +155,13 @@ def test_squeezenets_own_batchnorm_layers_learn_whatever_the_setting(tiny_config
     train(config, tmp_path / "run", verbose=0)
     means = _moving_means(load_run(tmp_path / "run")[0])
     assert means and all(np.any(m != 0) for m in means), "every added BatchNorm layer learned its statistics"
+
+
+def test_a_finished_squeezenet_run_is_not_refused_over_a_batchnorm_setting_it_has_no_use_for():
+    from galaxy_class.train import settings_differences
+
+    older = Config.from_dict({k: v for k, v in vars(Config(model="squeezenet")).items() if k != "fine_tune_batchnorm"})
+    assert older.fine_tune_batchnorm == "adapt"
+    assert settings_differences(older, Config(model="squeezenet")) == []
+    assert settings_differences(older.replace(model="mobilenet"), Config(model="mobilenet")) == [
+        "fine_tune_batchnorm: 'adapt' -> 'frozen'"]
