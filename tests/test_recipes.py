@@ -113,7 +113,7 @@ def _moving_means(model):
 
     from galaxy_class.models import base_model
 
-    return [np.array(layer.moving_mean) for layer in base_model(model).layers
+    return [keras.ops.convert_to_numpy(layer.moving_mean).copy() for layer in base_model(model).layers
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
