@@ -25,7 +25,7 @@ from galaxy_class.config import Config, run_config
 from galaxy_class.cutout import read_recipe
 from galaxy_class.data import load_split, open_galaxy10, save_split, split_indices
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.models import base_model, build_model, choose_precision
+from galaxy_class.models import PRETRAINED_BATCHNORM, base_model, build_model, choose_precision
 
 STAGES = ("stage1", "stage2")
 # Everything a run writes besides backup/ (and the temporary names of these); --overwrite removes only those.
@@ -209,7 +209,7 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
         averaged = stage == "stage2" and config.weight_average > 0
         with strategy.scope():  # compiled even when the stage is over: its optimizer holds averaged weights
             set_trainable(model, stage, pretrained, config.fine_tune_layers,
-                          "adapt" if config.model == "squeezenet" else config.fine_tune_batchnorm)
+                          config.fine_tune_batchnorm if config.model in PRETRAINED_BATCHNORM else "adapt")
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(lr, stage, epochs * steps, config),
                                                           use_ema=averaged, ema_momentum=config.weight_average or 0.99),
                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -273,7 +273,7 @@ SPEED_ONLY = ("cache",)
 
 def settings_differences(saved, requested):
     """The chosen settings in which two configs differ, as "name: saved -> requested" strings."""
-    moot = ("fine_tune_batchnorm",) if saved.model == requested.model == "squeezenet" else ()  # no pretrained BN
+    moot = () if {saved.model, requested.model} & set(PRETRAINED_BATCHNORM) else ("fine_tune_batchnorm",)
     return [f"{f}: {getattr(saved, f)!r} -> {getattr(requested, f)!r}"
             for f in (f.name for f in dataclasses.fields(Config)) if f not in DERIVED + SPEED_ONLY + moot
             and getattr(saved, f) != getattr(requested, f)]
