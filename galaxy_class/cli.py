@@ -7,7 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from galaxy_class.config import run_config
+from galaxy_class.config import BATCHNORM_MODES, run_config
 from galaxy_class.errors import GalaxyClassError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
@@ -185,7 +185,7 @@ def build_parser():
     p.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (fine-tuning)")
     p.add_argument("--fine-tune-schedule", choices=["constant", "cosine"],
                    help="fine-tuning learning rate: constant, or decaying to zero over the fine-tuning epochs")
-    p.add_argument("--fine-tune-batchnorm", choices=["frozen", "adapt"],
+    p.add_argument("--fine-tune-batchnorm", choices=BATCHNORM_MODES,
                    help="a pretrained base's BatchNorm layers while fine-tuning: ImageNet's statistics and scales "
                         "(frozen, default), or each batch's statistics, which the moving ones follow (adapt)")
     p.add_argument("--weight-average", type=float, metavar="M",

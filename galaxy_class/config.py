@@ -77,6 +77,8 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+# Choices of fine_tune_batchnorm, the default first.
+BATCHNORM_MODES = ("frozen", "adapt")
 # What runs saved before a setting existed did, where that is not the setting's default.
 BEFORE_THE_SETTING = {"fine_tune_batchnorm": "adapt"}
 

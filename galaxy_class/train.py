@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from galaxy_class import calibration, distill, evaluate, predict
 from galaxy_class.batches import check_cache, make_dataset, open_images
-from galaxy_class.config import Config, run_config
+from galaxy_class.config import BATCHNORM_MODES, Config, run_config
 from galaxy_class.cutout import read_recipe
 from galaxy_class.data import load_split, open_galaxy10, save_split, split_indices
 from galaxy_class.errors import GalaxyClassError
@@ -95,9 +95,9 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
                                      config.val_fraction, config.test_fraction))
     if not 0 <= config.weight_average < 1:
         raise GalaxyClassError(f"weight average momentum {config.weight_average}: must be at least 0 and below 1")
-    if config.fine_tune_batchnorm not in ("frozen", "adapt"):
-        raise GalaxyClassError(f"unknown fine-tuning BatchNorm mode {config.fine_tune_batchnorm!r}: choose frozen "
-                               f"or adapt")
+    if config.fine_tune_batchnorm not in BATCHNORM_MODES:
+        raise GalaxyClassError(f"unknown fine-tuning BatchNorm mode {config.fine_tune_batchnorm!r}: choose "
+                               f"{' or '.join(BATCHNORM_MODES)}")
     if config.teacher:  # before anything is written: a teacher that cannot be used leaves no run behind
         distill.check_teacher(config.teacher, g.class_names, split, config.teacher_weight)
     recipe = read_recipe(g.path, g.source, g.image_shape[0], len(g.class_names))
@@ -208,8 +208,7 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
         rows = _read_csv(log)
         averaged = stage == "stage2" and config.weight_average > 0
         with strategy.scope():  # compiled even when the stage is over: its optimizer holds averaged weights
-            set_trainable(model, stage, pretrained, config.fine_tune_layers,
-                          config.fine_tune_batchnorm if config.model in PRETRAINED_BATCHNORM else "adapt")
+            set_trainable(model, stage, pretrained, config.fine_tune_layers, config.fine_tune_batchnorm)
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(lr, stage, epochs * steps, config),
                                                           use_ema=averaged, ema_momentum=config.weight_average or 0.99),
                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -304,13 +303,14 @@ def set_trainable(model, stage, pretrained, fine_tune_layers=0, batchnorm="adapt
     A layer that does not train runs in inference mode (Keras 3), BatchNorm included. While the base
     fine-tunes, its BatchNorm layers either "adapt" (normalise by each batch's statistics, which their moving
     ones follow, and learn their scales and offsets) or stay "frozen" with the pretrained statistics and
-    scales; a model trained from scratch always adapts them."""
+    scales; BatchNorm layers without pretrained statistics (a model trained from scratch, SqueezeNet's added
+    ones) always adapt."""
     base = base_model(model)
     base.trainable = not (stage == "stage1" and pretrained)
     if base.trainable and stage == "stage2" and fine_tune_layers:
         for layer in base.layers[:-fine_tune_layers]:
             layer.trainable = False
-    if base.trainable and pretrained and batchnorm == "frozen":
+    if base.trainable and pretrained and batchnorm == "frozen" and model.name in PRETRAINED_BATCHNORM:
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
