@@ -20,6 +20,7 @@ import numpy as np
 from h5py._objects import phil as H5PY_LOCK
 from tqdm import tqdm
 
+from galaxy_class import jitter
 from galaxy_class.data import Galaxy10File, _checked_indices
 from galaxy_class.errors import GalaxyClassError
 
@@ -217,6 +218,8 @@ def make_dataset(
     first_epoch: int = 0,
     source=None,
     targets=None,
+    shift_zoom: float = 0.0,
+    colour: float = 0.0,
 ):
     """Batches of (uint8 images (b, H, W, 3), int32 labels (b,)) from `source` (open_images; default: streamed
     from the file); with `targets` (an array (images in the file, K) of float32), each batch's rows of it in
@@ -224,7 +227,8 @@ def make_dataset(
 
     With shuffle, pass e over the data is permutation (seed, first_epoch + e); with augment, each image gets
     one of the 8 dihedral transforms at random, also seeded by it. A resumed run passes its epochs done as
-    first_epoch. Pixels stay uint8: scaling and resizing happen inside the model.
+    first_epoch. With `shift_zoom` or `colour`, each image is also moved, zoomed and rescaled at random
+    (jitter.py), drawn from the same generator. Pixels stay uint8: scaling and resizing happen inside the model.
     """
     import tensorflow as tf
 
@@ -233,6 +237,7 @@ def make_dataset(
         height, width = g.image_shape[:2]
         raise GalaxyClassError(f"{g.path}: images are {height}x{width}; rotations need square images")
     source = source or FileImages(g)
+    jittered = bool(shift_zoom or colour)
     epochs = itertools.count(first_epoch)  # tf.data calls the generator afresh for every pass over the data
 
     def generate():
@@ -241,14 +246,20 @@ def make_dataset(
         stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
         batches = [order[start : start + batch_size] for start in range(0, stop, batch_size)]
         views = [rng.integers(8, size=len(batch)) for batch in batches] if augment else None
-        for batch, images in zip(batches, read_batches(source, batches, views)):
-            yield images, (g.labels[batch] if targets is None else targets[batch])
+        jitters = [jitter.draw(rng, len(batch), shift_zoom, colour) for batch in batches] if jittered else None
+        for b, (batch, images) in enumerate(zip(batches, read_batches(source, batches, views))):
+            second = g.labels[batch] if targets is None else targets[batch]
+            yield (images, second, jitters[b]) if jittered else (images, second)
 
     size = batch_size if drop_remainder else None
     second = (tf.TensorSpec((size,), tf.int32) if targets is None
               else tf.TensorSpec((size, targets.shape[1]), tf.float32))
-    dataset = tf.data.Dataset.from_generator(
-        generate, output_signature=(tf.TensorSpec((size, *g.image_shape), tf.uint8), second))
+    signature = (tf.TensorSpec((size, *g.image_shape), tf.uint8), second)
+    if jittered:
+        signature += (tf.TensorSpec((size, jitter.PARAMETERS), tf.float32),)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if jittered:
+        dataset = dataset.map(lambda images, second, params: (jitter.apply(images, params), second))
     # A known length lets Keras show progress and size its epochs from the first one.
     n_batches = len(indices) // batch_size if drop_remainder else -(-len(indices) // batch_size)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(n_batches))

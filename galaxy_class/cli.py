@@ -33,7 +33,8 @@ def cmd_train(args):
                 "steps_per_epoch": args.steps_per_epoch, "precision": args.precision, "cache": args.cache,
                 "fine_tune_schedule": args.fine_tune_schedule, "fine_tune_batchnorm": args.fine_tune_batchnorm,
                 "teacher": args.teacher,
-                "teacher_weight": args.teacher_weight, "weight_average": args.weight_average}
+                "teacher_weight": args.teacher_weight, "weight_average": args.weight_average,
+                "shift_zoom": args.shift_zoom, "colour_jitter": args.colour_jitter}
     config = Config().replace(**{k: v for k, v in settings.items() if v is not None})
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else 2)
     print(f"Finished: {args.out}")
@@ -191,6 +192,12 @@ def build_parser():
     p.add_argument("--weight-average", type=float, metavar="M",
                    help="fine-tuning validates and keeps a moving average of the weights with momentum M "
                         "(e.g. 0.99; default 0: the weights themselves)")
+    p.add_argument("--shift-zoom", type=float, metavar="S",
+                   help="besides flips and rotations, shift training images by up to S of their width and zoom "
+                        "them by up to 1 +- S (0: off)")
+    p.add_argument("--colour-jitter", type=float, metavar="C",
+                   help="besides flips and rotations, scale each colour channel of training images by up to "
+                        "1 +- C (0: off)")
     p.add_argument("--teacher", metavar="RUN",
                    help="distil from this finished run (trained on the same data and seed, e.g. a SqueezeNet run)")
     p.add_argument("--teacher-weight", type=float, metavar="W",

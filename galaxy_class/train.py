@@ -95,6 +95,10 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
                                      config.val_fraction, config.test_fraction))
     if not 0 <= config.weight_average < 1:
         raise GalaxyClassError(f"weight average momentum {config.weight_average}: must be at least 0 and below 1")
+    if not 0 <= config.shift_zoom <= 0.5:
+        raise GalaxyClassError(f"shift and zoom {config.shift_zoom}: must be between 0 and 0.5")
+    if not 0 <= config.colour_jitter < 1:
+        raise GalaxyClassError(f"colour jitter {config.colour_jitter}: must be at least 0 and below 1")
     if config.fine_tune_batchnorm not in BATCHNORM_MODES:
         raise GalaxyClassError(f"unknown fine-tuning BatchNorm mode {config.fine_tune_batchnorm!r}: choose "
                                f"{' or '.join(BATCHNORM_MODES)}")
@@ -121,6 +125,7 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     run_dir = Path(run_dir)
     resuming = run_state(run_dir) == "unfinished" and not overwrite
     check_cache(config.cache)
+    config = config.with_model_defaults()
     cache = config.cache  # how images are served changes no result: the one asked for now, not the saved one
     config, g, split = prepare_run(config, run_dir, overwrite, verbose=bool(verbose))
     if config is None:
@@ -190,7 +195,8 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
     # stopping) and everything after training still score against the labels alone.
     targets = distill.teacher_targets(config.teacher, g, split, config.teacher_weight) if config.teacher else None
     train_ds = make_dataset(g, split["train"], batch, shuffle=True, augment=config.augment, seed=config.seed,
-                            first_epoch=epochs_done, source=images, targets=targets)
+                            first_epoch=epochs_done, source=images, targets=targets,
+                            shift_zoom=config.shift_zoom, colour=config.colour_jitter)
     val_ds = make_dataset(g, split["val"], batch, source=images)
     if config.steps_per_epoch:
         train_ds, val_ds = train_ds.take(config.steps_per_epoch), val_ds.take(config.steps_per_epoch)
@@ -272,6 +278,7 @@ SPEED_ONLY = ("cache",)
 
 def settings_differences(saved, requested):
     """The chosen settings in which two configs differ, as "name: saved -> requested" strings."""
+    saved, requested = saved.with_model_defaults(), requested.with_model_defaults()
     moot = () if {saved.model, requested.model} & set(PRETRAINED_BATCHNORM) else ("fine_tune_batchnorm",)
     return [f"{f}: {getattr(saved, f)!r} -> {getattr(requested, f)!r}"
             for f in (f.name for f in dataclasses.fields(Config)) if f not in DERIVED + SPEED_ONLY + moot

@@ -45,6 +45,8 @@ def test_train_on_a_missing_file_is_one_error_line(capsys, tmp_path):
     (["--teacher", "NOPE"], ["NOPE", "no such run folder"]),
     (["--teacher", "TINY", "--seed", "3"], ["TINY", "another split"]),
     (["--weight-average", "1"], ["weight average momentum 1.0"]),
+    (["--shift-zoom", "0.6"], ["shift and zoom 0.6"]),
+    (["--colour-jitter", "-0.1"], ["colour jitter -0.1"]),
 ])
 def test_train_with_an_unusable_recipe_is_one_error_line_and_writes_nothing(capsys, tiny_run, tmp_path, flags,
                                                                                words):

@@ -12,7 +12,7 @@ from galaxy_class.config import Config
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.distill import teacher_targets
 from galaxy_class.predict import predict_file
-from galaxy_class.train import learning_rate, load_run, train
+from galaxy_class.train import learning_rate, load_run, settings_differences, train
 
 
 def test_teacher_targets_mix_the_labels_with_the_teachers_8_view_probabilities(tiny_run, sample_file):
@@ -107,6 +107,26 @@ def test_no_model_averages_its_weights_by_default_and_older_runs_load_as_trained
     (tmp_path / "config.json").write_text(json.dumps(older))
     assert Config.load(tmp_path / "config.json").weight_average == 0.0
 
+
+
+def test_mobilenet_shifts_and_zooms_its_training_images_by_default_and_squeezenet_does_not(tiny_run, tmp_path):
+    from galaxy_class.config import SHIFT_ZOOM
+
+    assert Config().shift_zoom is None, "left to the model until a run starts"
+    assert Config(model="mobilenet").with_model_defaults().shift_zoom == SHIFT_ZOOM["mobilenet"] == 0.1
+    assert Config(model="squeezenet").with_model_defaults().shift_zoom == 0.0
+    assert Config(model="squeezenet", shift_zoom=0.2).with_model_defaults().shift_zoom == 0.2
+    assert Config(model="mobilenet", shift_zoom=0.0).with_model_defaults().shift_zoom == 0.0
+    saved = Config.load(tiny_run / "config.json")
+    assert saved.model == "mobilenet" and saved.shift_zoom == 0.1, "the run saves what it did"
+    # A finished run is the same run as the defaults that made it, and not the same as one without shifts.
+    assert settings_differences(saved, saved.replace(shift_zoom=None)) == []
+    assert settings_differences(saved, saved.replace(shift_zoom=0.0)) == ["shift_zoom: 0.1 -> 0.0"]
+    older = json.loads((tiny_run / "config.json").read_text())
+    del older["shift_zoom"], older["colour_jitter"]  # saved before the settings existed: trained without
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    assert Config.load(tmp_path / "config.json").shift_zoom == 0.0
+    assert Config.load(tmp_path / "config.json").colour_jitter == 0.0
 
 def _moving_means(model):
     import keras

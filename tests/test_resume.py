@@ -82,9 +82,11 @@ KILLS = [
 def config(tiny_config):
     """SqueezeNet (no BatchNorm) that learns nothing in stage 1 (learning rate 0), so its validation loss
     repeats and early stopping ends stage 1 after 3 of its 4 epochs on any machine; stage 2 really trains,
-    with the cosine schedule and a moving average of the weights (both must survive the kills too)."""
+    with the cosine schedule, a moving average of the weights and random shifts, zooms and colours (all must
+    survive the kills too)."""
     return tiny_config.replace(model="squeezenet", epochs=4, learning_rate=0.0, fine_tune_epochs=3,
                                fine_tune_learning_rate=1e-3, fine_tune_schedule="cosine", weight_average=0.9,
+                               shift_zoom=0.1, colour_jitter=0.1,
                                patience=2)
 
 
