@@ -7,7 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from galaxy_class.config import BATCHNORM_MODES, run_config
+from galaxy_class.config import BATCHNORM_MODES, SHIFT_ZOOM, run_config
 from galaxy_class.errors import GalaxyClassError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
@@ -194,7 +194,8 @@ def build_parser():
                         "(e.g. 0.99; default 0: the weights themselves)")
     p.add_argument("--shift-zoom", type=float, metavar="S",
                    help="besides flips and rotations, shift training images by up to S of their width and zoom "
-                        "them by up to 1 +- S (0: off)")
+                        "them by up to 1 +- S (0: off; default: "
+                        + ", ".join(f"{v} for {k}" for k, v in SHIFT_ZOOM.items()) + ", 0 for the other models)")
     p.add_argument("--colour-jitter", type=float, metavar="C",
                    help="besides flips and rotations, scale each colour channel of training images by up to "
                         "1 +- C (0: off)")
