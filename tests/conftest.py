@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +16,12 @@ SHARED_JPEGS = ROOT.parent / "shared" / "data" / "gz1_sdss_dev_jpeg"
 SAMPLE = ROOT / "data" / "gz1_sdss_sample.h5"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def collect(dataset):
+    """All batches of one pass over a dataset of (images, labels), as two numpy arrays."""
+    images, labels = zip(*[(np.asarray(x), np.asarray(y)) for x, y in dataset])
+    return np.concatenate(images), np.concatenate(labels)
 
 
 # An empty Keras download cache: tests see the bundled weights/ and never a user's ~/.keras.

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import collect
 from galaxy_class import GalaxyClassError
 from galaxy_class.batches import (
     WORKERS,
@@ -39,11 +40,6 @@ def galaxy_file(path, n=150, **options):
         f.create_dataset("images", data=images, **options)
         f["ans"] = rng.integers(0, 3, n)
     return open_galaxy10(path), images
-
-
-def collect(dataset):
-    batches = [(x.numpy(), y.numpy()) for x, y in dataset]
-    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
 
 def test_a_corrupt_chunk_is_named_and_an_unwritten_one_reads_as_h5py_reads_it(tmp_path):

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import collect
 from galaxy_class import GalaxyClassError
 from galaxy_class.batches import dihedral, make_dataset
 from galaxy_class.data import (
@@ -40,12 +41,6 @@ def random_images(n, height=8, width=8, channels=3, dtype=np.uint8, seed=0):
 
 def fingerprint(path):
     return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
-
-
-def collect(dataset):
-    """All batches of one pass, as numpy arrays."""
-    batches = [(x.numpy(), y.numpy()) for x, y in dataset]
-    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
 
 # --- sources and the files themselves ---------------------------------------------------------

@@ -3,14 +3,10 @@
 import numpy as np
 import pytest
 
+from conftest import collect
 from galaxy_class.batches import make_dataset
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.jitter import PARAMETERS, apply, draw
-
-
-def collect(dataset):
-    images, labels = zip(*[(np.asarray(x), np.asarray(y)) for x, y in dataset])
-    return np.concatenate(images), np.concatenate(labels)
 
 
 def identity(n):
