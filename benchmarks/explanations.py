@@ -9,7 +9,9 @@ of maps whose peak lies inside it, and the same for a flat map. Both explain the
 prediction. The sanity check of Adebayo et al. (2018) follows: the mean Spearman rank correlation, per
 galaxy, between a map and the map of the same model with its top layer, then all its weights, randomised
 (seeded); a map that explains the model should change, so low is good. With `--candidates`, also prints
-each layer, number of views and clipping rule we tried, and Grad-CAM++ (Chattopadhyay et al. 2018).
+each layer, number of views, weighting of the gradients (averaged over the map per channel as in Grad-CAM,
+or element-wise as in HiResCAM, Draelos & Carin 2020, which `gradcam` uses) and clipping rule we tried, and
+Grad-CAM++ (Chattopadhyay et al. 2018).
 The randomised models' own centrality shows how much of it any map of a centred galaxy gets.
 The central disk is a proxy: it rewards maps on the galaxy, not maps on the right part of it.
 """
@@ -78,25 +80,29 @@ def rank_correlation(a, b):
 
 
 def variants(model, images, classes, layer, views):
-    """Maps of one layer and number of views, combined three ways."""
+    """Maps of one layer and number of views, weighted and clipped in each way we tried."""
     def combine(rule, images, classes):
         features, grads = view_gradients(model, images, classes, views, layer)
-        if rule == "Grad-CAM++":
-            # Chattopadhyay et al. (2018), eq. 19, with the exponential of the score as in their code.
-            g2, g3 = grads ** 2, grads ** 3
-            alpha = tf.math.divide_no_nan(g2, 2 * g2 + tf.reduce_sum(features, axis=(2, 3), keepdims=True) * g3)
-            weights = tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(2, 3))
+        if rule.startswith("element-wise"):  # HiResCAM (Draelos & Carin 2020): what `gradcam` does
+            signed = tf.reduce_sum(features * grads, axis=-1)
         else:
-            weights = tf.reduce_mean(grads, axis=(2, 3))
-        signed = to_image_frame(tf.einsum("vnhwc,vnc->vnhw", features, weights)[..., None])
-        if rule == "clip after averaging":
+            if rule == "Grad-CAM++":
+                # Chattopadhyay et al. (2018), eq. 19, with the exponential of the score as in their code.
+                g2, g3 = grads ** 2, grads ** 3
+                alpha = tf.math.divide_no_nan(g2, 2 * g2 + tf.reduce_sum(features, axis=(2, 3), keepdims=True) * g3)
+                weights = tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(2, 3))
+            else:
+                weights = tf.reduce_mean(grads, axis=(2, 3))
+            signed = tf.einsum("vnhwc,vnc->vnhw", features, weights)
+        signed = to_image_frame(signed[..., None])
+        if rule.endswith("clip after averaging"):
             cam = tf.nn.relu(tf.reduce_mean(signed, axis=0))
         else:
             cam = tf.reduce_mean(tf.nn.relu(signed), axis=0)
         return scaled_to_peak(cam, images.shape[1:3])
 
-    rules = ["clip each view", "clip after averaging", "Grad-CAM++"] if views > 1 else ["clip each view", "Grad-CAM++"]
-    for rule in rules:
+    after = ["channel means, clip after averaging", "element-wise, clip after averaging"] if views > 1 else []
+    for rule in ["channel means, clip each view", "element-wise, clip each view", *after, "Grad-CAM++"]:
         yield rule, batched(lambda x, c: combine(rule, x, c), images, classes)
 
 

@@ -1,7 +1,11 @@
 """Grad-CAM (Selvaraju et al. 2017): which parts of a galaxy image raised the model's score for a class.
 
-Each map is averaged over the 8 flips and rotations of the image, each view's map turned back first, so the
-explanation turns with the galaxy as the 8-view prediction does (benchmarks/explanations.py measures why).
+Each cell's heat is its features times the score's gradients at that cell, summed over the channels (the
+element-wise rule of HiResCAM, Draelos & Carin 2020), not times the gradients averaged over the whole map as
+in the original: at a layer followed directly by the average pooling the two are the same, one block earlier
+the average books a cell's score where other cells' gradients are. Each map is averaged over the 8 flips and
+rotations of the image, each view's map turned back first, so the explanation turns with the galaxy as the
+8-view prediction does (benchmarks/explanations.py measures why).
 """
 
 import keras
@@ -18,24 +22,23 @@ from galaxy_class.predict import predict_proba
 from galaxy_class.models import base_model
 
 # The feature map each architecture is explained at; others use their base's output. Every cell of MobileNet's
-# last block sees the whole image, and its map books the evidence beside the galaxy; at the block before it
-# (same 5x5 cells at 160 px) the 8-view maps of held-out dev galaxies put 0.67 of their heat in the central disk
-# against 0.36 (benchmarks/README.md, "Grad-CAM: what we tried").
+# last block sees the whole image, and its map books the evidence beside the galaxy; at the block before it the
+# maps of held-out dev galaxies sit on the galaxy (benchmarks/README.md, "Grad-CAM: what we tried").
 FEATURE_LAYERS = {"mobilenet": "conv_pw_12_relu"}
 VIEWS = (1, 8)
 
 
 def gradcam(model, images, class_index=None, views=8, layer=None):
-    """Heatmaps (N, H, W) in [0, 1] for uint8 images (N, H, W, 3): Grad-CAM averaged over `views` (8: all flips
-    and rotations, each map turned back; 1: the image as given), with negative evidence clipped after the average.
+    """Heatmaps (N, H, W) in [0, 1] for uint8 images (N, H, W, 3): Grad-CAM with element-wise gradients averaged
+    over `views` (8: all flips and rotations, each map turned back; 1: the image as given), with negative
+    evidence clipped after the average.
 
     `class_index`: None for each image's predicted class (mean probability over the views), one int for all
     images, or one per image. `layer`: a layer of the base to explain at (default FEATURE_LAYERS, else its output).
     """
     images = np.asarray(images)
     features, grads = view_gradients(model, images, class_index, views, layer)
-    weights = tf.reduce_mean(grads, axis=(2, 3))
-    signed = tf.einsum("vnhwc,vnc->vnhw", features, weights)[..., None]
+    signed = tf.reduce_sum(features * grads, axis=-1, keepdims=True)
     # Clipped after the average: evidence against the class in one view may cancel evidence for it in another.
     cam = tf.nn.relu(tf.reduce_mean(to_image_frame(signed), axis=0))
     return scaled_to_peak(cam, images.shape[1:3])

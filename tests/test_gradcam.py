@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import layers
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
@@ -10,7 +11,7 @@ from galaxy_class.batches import dihedral
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.predict import predict_proba
-from galaxy_class.gradcam import gradcam, gradcam_figure, overlay
+from galaxy_class.gradcam import gradcam, gradcam_figure, overlay, scaled_to_peak, to_image_frame, view_gradients
 from galaxy_class.models import build_model
 from galaxy_class.train import load_run
 
@@ -187,3 +188,21 @@ def test_maps_change_when_the_weights_are_randomised(sample_mobilenet, dev_file)
 def test_a_layer_the_base_does_not_have_is_refused():
     with pytest.raises(GalaxyClassError, match="no layer 'nowhere'"):
         gradcam(colour_model(), squares((0, 0), (1, 1))[None], layer="nowhere")
+
+
+def test_elementwise_weighting_is_grad_cam_at_the_layer_before_the_pooling(sample_file):
+    """Below a global average pooling every cell's gradients are the same, so HiResCAM's element-wise rule
+    and Grad-CAM's channel means give one map there; one block earlier they differ."""
+    keras.utils.set_random_seed(0)
+    model = build_model("mobilenet", 4, (69, 69, 3), image_size=96, weights="imagenet")
+    images = read_images(open_galaxy10(sample_file), range(3))
+
+    def channel_means(layer):
+        features, grads = view_gradients(model, images, 1, 8, layer)
+        signed = tf.einsum("vnhwc,vnc->vnhw", features, tf.reduce_mean(grads, axis=(2, 3)))[..., None]
+        return scaled_to_peak(tf.nn.relu(tf.reduce_mean(to_image_frame(signed), axis=0)), images.shape[1:3])
+
+    last = gradcam(model, images, class_index=1, layer="conv_pw_13_relu")
+    np.testing.assert_allclose(last, channel_means("conv_pw_13_relu"), atol=1e-5)
+    earlier = gradcam(model, images, class_index=1, layer="conv_pw_12_relu")
+    assert np.abs(earlier - channel_means("conv_pw_12_relu")).mean() > 0.02
