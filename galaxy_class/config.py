@@ -15,7 +15,6 @@ class Config:
     weights: str = "imagenet"         # none | imagenet | path to a weights file
     image_size: int = 160             # the model resizes its uint8 input to this
     alpha: float = 0.25               # MobileNet width multiplier
-    output_stride: int = 32           # MobileNet: 16 keeps its last block at twice the resolution (models.py)
     batchnorm: bool = False           # SqueezeNet only: BatchNorm after conv1 and each squeeze layer
     dropout: float = 0.2
     batch_size: int = 64              # per replica

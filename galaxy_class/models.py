@@ -40,7 +40,7 @@ FIRE_FILTERS = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128),
 
 
 def build_model(arch, num_classes, input_shape, image_size=128, weights="imagenet",
-                alpha=0.25, dropout=0.2, batchnorm=False, dtype_policy="float32", output_stride=32):
+                alpha=0.25, dropout=0.2, batchnorm=False, dtype_policy="float32"):
     """A classifier on uint8 images of `input_shape`; resizing and scaling are layers inside it.
 
     `weights` is "none", "imagenet" (downloaded by Keras and cached) or a path to a weights file.
@@ -58,12 +58,12 @@ def build_model(arch, num_classes, input_shape, image_size=128, weights="imagene
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype_policy)
     try:
-        return _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, batchnorm, output_stride)
+        return _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, batchnorm)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
-def _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, batchnorm, output_stride):
+def _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, batchnorm):
     size = (image_size, image_size, 3)
     if arch == "squeezenet":
         base = squeezenet_base(size, batchnorm=batchnorm)
@@ -85,8 +85,6 @@ def _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, 
         except Exception as e:  # Keras raises plain Exception for downloads, ValueError for bad files
             raise GalaxyClassError(f"cannot load {arch} weights {weights!r}: {first_line(e)}") from None
         scale = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")
-        if output_stride == 16:
-            base = dilated_last_block(base)
     base.name = "base"
 
     inputs = keras.Input(input_shape, dtype="uint8", name="image")
@@ -105,23 +103,6 @@ def _build(arch, num_classes, input_shape, image_size, weights, alpha, dropout, 
     # float32 whatever the policy: a 16-bit softmax and loss lose precision and can overflow.
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=arch)
-
-
-def dilated_last_block(base):
-    """MobileNet v1 `base` with output stride 16: its last stride-2 depthwise layer (conv_dw_12) keeps the
-    resolution and the one after it looks twice as far (dilation 2), so every pretrained weight sees what it saw
-    before, at twice the resolution (the atrous trick of DeepLab, Chen et al. 2017)."""
-    config = base.get_config()
-    for layer in config["layers"]:
-        if layer["name"] == "conv_pad_12":
-            layer["config"]["padding"] = ((1, 1), (1, 1))
-        elif layer["name"] == "conv_dw_12":
-            layer["config"]["strides"] = (1, 1)
-        elif layer["name"] == "conv_dw_13":
-            layer["config"]["dilation_rate"] = (2, 2)
-    dilated = keras.Model.from_config(config)
-    dilated.set_weights(base.get_weights())
-    return dilated
 
 
 def squeezenet_base(input_shape, batchnorm=False):

@@ -257,7 +257,7 @@ def learning_rate(lr, stage, steps, config):
 def _build(config, dtype_policy):
     return build_model(config.model, len(config.class_names), tuple(config.input_shape), image_size=config.image_size,
                        weights=config.weights, alpha=config.alpha, dropout=config.dropout,
-                       batchnorm=config.batchnorm, dtype_policy=dtype_policy, output_stride=config.output_stride)
+                       batchnorm=config.batchnorm, dtype_policy=dtype_policy)
 
 
 def float32_twin(model, config):
