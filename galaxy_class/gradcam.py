@@ -1,11 +1,12 @@
 """Grad-CAM (Selvaraju et al. 2017): which parts of a galaxy image raised the model's score for a class.
 
 Each cell's heat is its features times the score's gradients at that cell, summed over the channels (the
-element-wise rule of HiResCAM, Draelos & Carin 2020), not times the gradients averaged over the whole map as
-in the original: at a layer followed directly by the average pooling the two are the same, one block earlier
-the average books a cell's score where other cells' gradients are. Each map is averaged over the 8 flips and
-rotations of the image, each view's map turned back first, so the explanation turns with the galaxy as the
-8-view prediction does (benchmarks/explanations.py measures why).
+element-wise rule of HiResCAM, Draelos & Carin 2020), not times each channel's gradients averaged over the
+whole map as in the original: at a layer followed directly by the average pooling every cell has the same
+gradients and the two agree; one block earlier they differ from cell to cell, and the average weighs a cell by
+what other cells contribute. Each map is averaged over the 8 flips and rotations of the image, each view's
+map turned back first, so the explanation turns with the galaxy as the 8-view prediction does
+(benchmarks/explanations.py measures why).
 """
 
 import keras
