@@ -79,31 +79,38 @@ def rank_correlation(a, b):
     return (rho[finite].mean() if finite.any() else float("nan")), int(finite.sum())
 
 
-def variants(model, images, classes, layer, views):
-    """Maps of one layer and number of views, weighted and clipped in each way we tried."""
-    def combine(rule, images, classes):
-        features, grads = view_gradients(model, images, classes, views, layer)
-        if rule.startswith("element-wise"):  # HiResCAM (Draelos & Carin 2020): what `gradcam` does
-            signed = tf.reduce_sum(features * grads, axis=-1)
+def candidate_map(weighting, clip, features, grads, size):
+    """One candidate map from the (views, n, h, w, c) features and gradients of `view_gradients`: channels
+    weighted by their gradients averaged over the map (Grad-CAM), element-wise (HiResCAM, Draelos & Carin
+    2020: what `gradcam` does) or by Grad-CAM++'s rule; clipped in each view or after averaging the views."""
+    if weighting == "element-wise":
+        signed = tf.reduce_sum(features * grads, axis=-1)
+    else:
+        if weighting == "Grad-CAM++":
+            # Chattopadhyay et al. (2018), eq. 19, with the exponential of the score as in their code.
+            g2, g3 = grads ** 2, grads ** 3
+            alpha = tf.math.divide_no_nan(g2, 2 * g2 + tf.reduce_sum(features, axis=(2, 3), keepdims=True) * g3)
+            weights = tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(2, 3))
         else:
-            if rule == "Grad-CAM++":
-                # Chattopadhyay et al. (2018), eq. 19, with the exponential of the score as in their code.
-                g2, g3 = grads ** 2, grads ** 3
-                alpha = tf.math.divide_no_nan(g2, 2 * g2 + tf.reduce_sum(features, axis=(2, 3), keepdims=True) * g3)
-                weights = tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(2, 3))
-            else:
-                weights = tf.reduce_mean(grads, axis=(2, 3))
-            signed = tf.einsum("vnhwc,vnc->vnhw", features, weights)
-        signed = to_image_frame(signed[..., None])
-        if rule.endswith("clip after averaging"):
-            cam = tf.nn.relu(tf.reduce_mean(signed, axis=0))
-        else:
-            cam = tf.reduce_mean(tf.nn.relu(signed), axis=0)
-        return scaled_to_peak(cam, images.shape[1:3])
+            weights = tf.reduce_mean(grads, axis=(2, 3))
+        signed = tf.einsum("vnhwc,vnc->vnhw", features, weights)
+    signed = to_image_frame(signed[..., None])
+    if clip == "after averaging":
+        return scaled_to_peak(tf.nn.relu(tf.reduce_mean(signed, axis=0)), size)
+    return scaled_to_peak(tf.reduce_mean(tf.nn.relu(signed), axis=0), size)
 
-    after = ["channel means, clip after averaging", "element-wise, clip after averaging"] if views > 1 else []
-    for rule in ["channel means, clip each view", "element-wise, clip each view", *after, "Grad-CAM++"]:
-        yield rule, batched(lambda x, c: combine(rule, x, c), images, classes)
+
+def variants(model, images, classes, layer, views):
+    """{"weighting, clip ...": maps} for one layer and number of views, every candidate from one pass of
+    gradients per batch of galaxies."""
+    rules = [("channel means", "each view"), ("element-wise", "each view"), ("Grad-CAM++", "each view")]
+    if views > 1:
+        rules[2:2] = [("channel means", "after averaging"), ("element-wise", "after averaging")]
+    parts = []
+    for i in range(0, len(images), BATCH):
+        features, grads = view_gradients(model, images[i:i + BATCH], classes[i:i + BATCH], views, layer)
+        parts.append([candidate_map(w, c, features, grads, images.shape[1:3]) for w, c in rules])
+    return {f"{w}, clip {c}": np.concatenate(maps) for (w, c), maps in zip(rules, zip(*parts))}
 
 
 def main():
@@ -142,7 +149,7 @@ def main():
         if args.candidates:
             for layer in CANDIDATE_LAYERS.get(config.model, [last]):
                 for views in (1, 8):
-                    for rule, maps in variants(model, images, classes, layer, views):
+                    for rule, maps in variants(model, images, classes, layer, views).items():
                         heat, peaks = centrality(maps)
                         print(f"  candidate | {layer} | {views} view{'s' * (views > 1)} | {rule} | "
                               f"{heat:.3f} | {peaks:.3f} |", flush=True)

@@ -30,9 +30,9 @@ VIEWS = (1, 8)
 
 
 def gradcam(model, images, class_index=None, views=8, layer=None):
-    """Heatmaps (N, H, W) in [0, 1] for uint8 images (N, H, W, 3): Grad-CAM with element-wise gradients averaged
-    over `views` (8: all flips and rotations, each map turned back; 1: the image as given), with negative
-    evidence clipped after the average.
+    """Heatmaps (N, H, W) in [0, 1] for uint8 images (N, H, W, 3): Grad-CAM maps with HiResCAM's element-wise
+    weighting, averaged over `views` (8: all flips and rotations, each map turned back; 1: the image as given),
+    with negative evidence clipped after the average.
 
     `class_index`: None for each image's predicted class (mean probability over the views), one int for all
     images, or one per image. `layer`: a layer of the base to explain at (default FEATURE_LAYERS, else its output).

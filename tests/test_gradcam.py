@@ -160,9 +160,15 @@ def test_maps_of_held_out_dev_galaxies_peak_on_the_galaxy(sample_mobilenet, dev_
     assert peaks > last_layer_peaks + 0.3
 
 
-def test_rotating_a_galaxy_rotates_its_map(sample_file):
+@pytest.fixture(scope="module")
+def imagenet_mobilenet():
+    """MobileNet with its ImageNet base and a seeded untrained head, at 96 px."""
     keras.utils.set_random_seed(0)
-    model = build_model("mobilenet", 4, (69, 69, 3), image_size=96, weights="imagenet")
+    return build_model("mobilenet", 4, (69, 69, 3), image_size=96, weights="imagenet")
+
+
+def test_rotating_a_galaxy_rotates_its_map(imagenet_mobilenet, sample_file):
+    model = imagenet_mobilenet
     images = read_images(open_galaxy10(sample_file), range(3))
     turned = dihedral(images, 1)
     heat = gradcam(model, images, class_index=1)
@@ -190,11 +196,10 @@ def test_a_layer_the_base_does_not_have_is_refused():
         gradcam(colour_model(), squares((0, 0), (1, 1))[None], layer="nowhere")
 
 
-def test_elementwise_weighting_is_grad_cam_at_the_layer_before_the_pooling(sample_file):
+def test_elementwise_weighting_is_grad_cam_at_the_layer_before_the_pooling(imagenet_mobilenet, sample_file):
     """Below a global average pooling every cell's gradients are the same, so HiResCAM's element-wise rule
     and Grad-CAM's channel means give one map there; one block earlier they differ."""
-    keras.utils.set_random_seed(0)
-    model = build_model("mobilenet", 4, (69, 69, 3), image_size=96, weights="imagenet")
+    model = imagenet_mobilenet
     images = read_images(open_galaxy10(sample_file), range(3))
 
     def channel_means(layer):
