@@ -2,10 +2,11 @@
 
     python benchmarks/fit.py runs/recipes/mobilenet-s0 runs/recipes/squeezenet-s0
 
-For each run folder: the Keras model's scores (mean of the 8 flips and rotations, as the reported numbers) on
-its own training, validation and test galaxies, unaugmented. A model that scores on its training galaxies
-about as on held-out ones has no capacity to spare (more regularisation will not help it; a larger or
-better-pretrained model may); one far above its held-out scores overfits.
+For each run folder: the Keras model's scores (the 8-view mean where the run evaluates with it, as its reported
+numbers) on its own training, validation and test galaxies, unaugmented. A model that scores on its training
+galaxies hardly above its held-out ones, and below what another model scores on held-out ones, suggests it is
+short of capacity rather than of regularisation (early stopping and class weights hold the fit down too);
+one far above its held-out scores overfits.
 """
 
 import argparse
@@ -31,7 +32,7 @@ def main(argv=None):
     for run_dir in args.runs_dirs:
         model, config, split = load_run(run_dir)
         g = open_galaxy10(config.data_path or config.data)
-        scores = {s: evaluate(model, g, split[s], config.class_names, tta=True) for s in SPLITS}
+        scores = {s: evaluate(model, g, split[s], config.class_names, tta=config.tta) for s in SPLITS}
         cells = [f"{m['accuracy']:.3f} / {m['macro_f1']:.3f} ({m['n']})" for m in scores.values()]
         gap = scores["train"]["accuracy"] - scores["test"]["accuracy"]
         print(f"| {run_dir} | {config.model} | {' | '.join(cells)} | {100 * gap:+.1f} points |", flush=True)

@@ -9,8 +9,9 @@ changed; `{seed}` in a value is replaced by the seed (a teacher of the same spli
 `distill:model=mobilenet,teacher=runs/recipes/squeezenet-s{seed}`). Every recipe is trained once per seed into `runs/recipes/NAME-sSEED` (a finished run there is
 reused, not retrained; its recorded wall time is reported). A seed also draws the stratified split, so the
 seeds give different test galaxies: the pooled line sums the confusion matrices of all seeds, which holds
-several times the Mergers one test split does (8 on the development file). Wall times are of this machine
-and of whatever else ran on it: compare them within one table.
+several times the Mergers one test split does (8 on the development file). Under the table, each pooled
+line's 95% interval from test-galaxy sampling alone (training noise comes on top). Wall times are of this
+machine and of whatever else ran on it: compare them within one table.
 """
 
 import argparse
@@ -80,7 +81,9 @@ def scores(matrix):
 
 def interval(matrix, draws=2000, seed=0):
     """95% intervals of accuracy and macro-F1 from test-galaxy sampling alone: the same number of galaxies drawn
-    again, with replacement, from the pooled confusion matrix's cells (training noise comes on top)."""
+    again, with replacement, from the pooled confusion matrix's cells (training noise comes on top). The seeds'
+    test splits share some galaxies, so a pooled matrix counts slightly fewer distinct ones than it holds and
+    the interval is slightly too narrow."""
     matrix = np.asarray(matrix)
     cells = np.random.default_rng(seed).multinomial(matrix.sum(), matrix.ravel() / matrix.sum(), size=draws)
     accuracy, macro_f1 = scores(cells.reshape(draws, *matrix.shape))
@@ -114,7 +117,7 @@ def main(argv=None):
                          f"{minutes:.1f} min (mean)"))
             intervals.append((name, *p["interval"]))
         print_table(rows, args.rare)  # after each recipe, so a long sweep shows what it has so far
-    print_intervals(intervals)
+        print_intervals(intervals)
     return rows
 
 

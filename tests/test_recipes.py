@@ -185,3 +185,34 @@ def test_a_finished_squeezenet_run_is_not_refused_over_a_batchnorm_setting_it_ha
     assert settings_differences(older, Config(model="squeezenet")) == []
     assert settings_differences(older.replace(model="mobilenet"), Config(model="mobilenet")) == [
         "fine_tune_batchnorm: 'adapt' -> 'frozen'"]
+
+
+def _recipes_benchmark():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("recipes_benchmark", ROOT / "benchmarks" / "recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pooled_scores_and_their_sampling_interval_match_scikit_learn_on_each_matrix_of_a_stack():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    recipes = _recipes_benchmark()
+    rng = np.random.default_rng(3)
+    matrices = rng.integers(0, 40, size=(5, 4, 4)) + np.diag([300, 50, 60, 5])
+    accuracy, macro_f1 = recipes.scores(matrices)
+    for matrix, acc, f1 in zip(matrices, accuracy, macro_f1):
+        true, pred = np.nonzero(matrix)
+        true, pred = np.repeat(true, matrix[true, pred]), np.repeat(pred, matrix[true, pred])
+        assert acc == pytest.approx(accuracy_score(true, pred))
+        assert f1 == pytest.approx(f1_score(true, pred, average="macro"))
+        assert recipes.scores(matrix) == pytest.approx((acc, f1))
+    (acc_low, acc_high), (f1_low, f1_high) = recipes.interval(matrices[0])
+    assert acc_low < accuracy[0] < acc_high and f1_low < macro_f1[0] < f1_high
+    # Four times the galaxies in the same proportions: about half the width.
+    (narrow_low, narrow_high), _ = recipes.interval(4 * matrices[0])
+    assert 0.4 < (narrow_high - narrow_low) / (acc_high - acc_low) < 0.6
