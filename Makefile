@@ -10,7 +10,7 @@ RUN ?= models/mobilenet_sample
 PORT ?= 8000
 CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit("error: Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
 
-.PHONY: setup run test test-colab lab demo clean-venv
+.PHONY: setup run test test-colab test-install lab demo clean-venv
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	@$(CHECK_PYTHON)
@@ -23,7 +23,7 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 
 setup: $(BIN)/.installed
 
-# Colab's own versions (requirements-colab.txt) with nothing of ours: the notebooks' first cell installs the rest.
+# Colab's own versions (requirements-colab.txt) with nothing of ours: the notebooks' setup cell installs the rest.
 $(COLAB_BIN)/.installed: requirements-colab.txt
 	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(COLAB_VENV)
@@ -42,11 +42,27 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-colab
+	$(MAKE) --no-print-directory test-install
 
-# On Colab's versions: the notebooks' first cell as it runs on Colab, then both notebooks in quick mode.
+# On Colab's versions: the notebooks' setup cell as it runs on Colab, then both notebooks in quick mode.
 test-colab: $(COLAB_BIN)/.installed
 	$(COLAB_BIN)/python -m pytest tests/test_colab_stack.py \
 	  tests/test_notebooks.py::test_notebook_runs_top_to_bottom_in_quick_mode
+
+# The package as users install it: a wheel of this checkout in a new venv (versions held to requirements.txt's
+# pins), then `galaxy-class predict` with the shipped model, run outside the checkout.
+INSTALL_CHECK := .install-check
+test-install:
+	@$(CHECK_PYTHON)
+	rm -rf $(INSTALL_CHECK)
+	$(PYTHON) -m venv $(INSTALL_CHECK)/venv
+	$(INSTALL_CHECK)/venv/bin/pip install --quiet --upgrade pip
+	$(INSTALL_CHECK)/venv/bin/pip wheel --quiet --no-deps --wheel-dir $(INSTALL_CHECK)/dist .
+	$(INSTALL_CHECK)/venv/bin/pip install --quiet -c requirements.txt $(INSTALL_CHECK)/dist/*.whl
+	cd $(INSTALL_CHECK) && venv/bin/galaxy-class predict $(CURDIR)/models/mobilenet_gz1 $(CURDIR)/data/cutouts/*.jpeg \
+	  > predictions.txt && cat predictions.txt
+	test "$$(grep -cE '\.jpeg: (Elliptical|Spiral|Edge-on|Merger) \([0-9.]+%\)$$' $(INSTALL_CHECK)/predictions.txt)" = 8
+	@echo "1 passed, 0 failed: installed wheel classifies the bundled cutouts with the shipped model"
 
 # JupyterLab in the project environment, for the notebooks
 lab: setup
@@ -57,4 +73,4 @@ demo: setup
 	$(BIN)/python -m galaxy_class serve "$(RUN)" --port $(PORT)
 
 clean-venv:
-	rm -rf $(VENV) $(COLAB_VENV)
+	rm -rf $(VENV) $(COLAB_VENV) $(INSTALL_CHECK)

@@ -63,7 +63,7 @@ def decals_like(path, n, seed=0):
 def decals_run(run_dir, data, out):
     """A run of `run_dir`'s model and image size on `data`, trained for two batches (made once)."""
     if not (out / "model.keras").exists():
-        from galaxy_class.config import run_config
+        from galaxy_class.runs import run_config
         from galaxy_class.train import train
 
         train(run_config(run_dir).replace(data=str(data), epochs=1, fine_tune_epochs=0, steps_per_epoch=2), out,

@@ -18,7 +18,7 @@ import numpy as np
 
 from galaxy_class.predict import predict_proba
 from galaxy_class.images import load_images
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -56,7 +56,7 @@ def compare_formats(run_dir, out_dir, threads=1, warmup=20, runs=200):
     from galaxy_class.export import export_tflite
     from galaxy_class.predict import graph_mode
     from galaxy_class.tflite import TFLiteModel
-    from galaxy_class.train import load_run
+    from galaxy_class.runs import load_run
 
     model, config, split = load_run(run_dir)
     g = open_galaxy10(config.data_path or config.data)

@@ -29,7 +29,7 @@ from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.gradcam import gradcam, scaled_to_peak, to_image_frame, view_gradients
 from galaxy_class.models import base_model
 from galaxy_class.predict import predict_proba
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
 
 BATCH = 16  # galaxies at a time: 8 views each, and the gradient tape keeps every activation
 # Layers tried per architecture, last first; the others are tried at their base's output only.

@@ -25,7 +25,7 @@ def main(argv=None):
 
     from galaxy_class.data import open_galaxy10
     from galaxy_class.evaluate import evaluate
-    from galaxy_class.train import load_run
+    from galaxy_class.runs import load_run
 
     print("| run | model | " + " | ".join(f"{s} accuracy / macro-F1 (n)" for s in SPLITS) + " | train - test |")
     print("|---|---|" + "---:|" * (len(SPLITS) + 1))

@@ -21,7 +21,7 @@ def main(argv=None):
     parser.add_argument("runs_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     args = parser.parse_args(argv)
 
-    from galaxy_class.config import run_config
+    from galaxy_class.runs import run_config
     from galaxy_class.export import export_tflite
 
     print("| run | model | test galaxies | int8 size x float32 | top-1 agreement | accuracy Keras -> int8 | "

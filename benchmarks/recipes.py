@@ -41,7 +41,8 @@ def parse_recipe(text):
 def run_recipe(name, settings, data, seed, root):
     """Train (or reuse) one recipe at one seed; returns its metrics with the training wall time."""
     from galaxy_class.config import Config
-    from galaxy_class.train import run_state, settings_differences, train
+    from galaxy_class.runs import run_state, settings_differences
+    from galaxy_class.train import train
 
     run_dir = Path(root) / f"{name}-s{seed}"
     timing = run_dir / "wall_time.json"

@@ -3,4 +3,4 @@
 from galaxy_class.errors import GalaxyClassError
 
 __all__ = ["GalaxyClassError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,10 +10,8 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -21,12 +19,23 @@ from h5py._objects import phil as H5PY_LOCK
 from tqdm import tqdm
 
 from galaxy_class import jitter
-from galaxy_class.data import Galaxy10File, _checked_indices
+from galaxy_class.data import (
+    BadChunk,
+    Galaxy10File,
+    _checked_indices,
+    bytes_text,
+    image_reader,
+    inflate,
+    memory_available,
+)
 from galaxy_class.errors import GalaxyClassError
 
 CACHE_MODES = ("auto", "ram", "stream")
 # "auto" holds the images in memory when they take at most this share of the memory available.
 RAM_SHARE = 0.5
+# Batches read ahead take at most this much memory (beyond the one handed over): a file may declare images of
+# up to 4096 px a side, 48 MiB each, so a batch of them can take gigabytes.
+READ_AHEAD_BYTES = 2**30
 
 
 def usable_cpus() -> int:
@@ -83,6 +92,7 @@ class FileImages:
             images = f["images"]
             if _one_deflate_chunk_per_image(images):
                 shape, deflated = images.shape[1:], images.compression == "gzip"
+                size = int(np.prod(shape))
 
                 def read(i):
                     # Only fetching the raw chunk is serialised; inflating it, most of the work, runs in parallel.
@@ -94,14 +104,17 @@ class FileImages:
                     except RuntimeError:  # a chunk never written: h5py reads it as the fill value
                         return images[int(i)]
                     try:
-                        data = zlib.decompress(raw) if deflated and not mask & 1 else raw
-                    except zlib.error as e:
+                        # Inflated no further than the image's size: a few KB can inflate to gigabytes.
+                        data = inflate(raw, size) if deflated and not mask & 1 else raw
+                        if len(data) != size:
+                            raise BadChunk(f"its chunk holds {len(data)} bytes, not {size}")
+                    except BadChunk as e:
                         raise GalaxyClassError(f"{self.g.path}: image {i} is corrupt ({e})") from None
                     return np.frombuffer(data, np.uint8).reshape(shape)
 
                 yield read
             else:
-                yield lambda i: images[i]
+                yield image_reader(self.g.path, images)
 
 
 def _one_deflate_chunk_per_image(images: h5py.Dataset) -> bool:
@@ -118,6 +131,7 @@ class MemoryImages:
     def __init__(self, g: Galaxy10File, indices, progress: bool = False):
         self.g = g
         self.indices = np.unique(_checked_indices(g, indices))
+        _check_fits(g, len(self.indices), "holding them in memory; use --cache stream")
         self.images = np.empty((len(self.indices), *g.image_shape), np.uint8)
         self.position = {int(i): p for p, i in enumerate(self.indices)}
         starts = range(0, len(self.indices), 64)
@@ -143,18 +157,15 @@ def image_bytes(g: Galaxy10File, n: int) -> int:
     return n * int(np.prod(g.image_shape))
 
 
-def memory_available() -> int | None:
-    """Bytes of memory available to new allocations (Linux's MemAvailable), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:  # other Unixes: free pages, which leaves out reclaimable cache, so errs towards streaming
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+def _check_fits(g: Galaxy10File, n: int, what: str) -> None:
+    """Refuse `n` of the file's images at once where they would not fit in the memory available."""
+    needed, available = image_bytes(g, n), memory_available()
+    if available is not None and needed > available:
+        height, width = g.image_shape[:2]
+        raise GalaxyClassError(
+            f"{g.path}: {n} images of {height}x{width} px take {bytes_text(needed)}, more than the "
+            f"{bytes_text(available)} of memory available ({what})"
+        )
 
 
 def check_cache(mode: str) -> None:
@@ -187,7 +198,10 @@ def open_images(g: Galaxy10File, indices, cache: str = "auto", verbose: bool = F
 
 def read_batches(source, batches, views=None, workers: int = WORKERS):
     """The images of each index batch, with `views[b][j]` the dihedral view of image j of batch b (None: as
-    stored); worker threads fill them in order, at most workers + 1 batches ahead."""
+    stored); worker threads fill them in order, at most workers + 1 batches ahead, and at most READ_AHEAD_BYTES."""
+    largest = max(map(len, batches), default=0)
+    _check_fits(source.g, largest, "one batch; use a smaller batch size")
+    ahead = max(1, min(workers, READ_AHEAD_BYTES // max(1, image_bytes(source.g, largest))))
     with source.reader() as read, ThreadPoolExecutor(workers) as pool:
 
         def fill(b):
@@ -200,10 +214,17 @@ def read_batches(source, batches, views=None, workers: int = WORKERS):
         pending = collections.deque()
         for b in range(len(batches)):
             pending.append(pool.submit(fill, b))
-            if len(pending) > workers:
+            if len(pending) > ahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def read_error(error: Exception) -> GalaxyClassError | None:
+    """The GalaxyClassError a read raised inside make_dataset's batches, from the TensorFlow error that carries it
+    to the caller (tf.data reports a generator's exception as its own, traceback included); None if none did."""
+    _, found, rest = str(getattr(error, "message", "")).partition(f"{GalaxyClassError.__name__}: ")
+    return GalaxyClassError(rest.splitlines()[0]) if found and rest else None
 
 
 def make_dataset(

@@ -7,6 +7,10 @@ the mean over the 8 views (averaging views already softens them, so a T fitted o
 mean). T is folded into the final Dense layer (weights / T), so every consumer of the saved model — evaluate,
 predict, catalogues, the web page, TFLite exports — gets calibrated probabilities.
 
+On a small validation split a fitted temperature can make held-out calibration worse; `choose_temperature`
+keeps it only where it lowers the log-loss of validation galaxies left out of its fit by more than one
+standard error (benchmarks/temperature_rules.py measures the rules side by side).
+
 ECE measured on a few hundred galaxies is noisy and biased upwards: even perfectly calibrated probabilities
 show an ECE well above zero there. `chance_ece` gives that level, to read a measured ECE against.
 """
@@ -38,6 +42,40 @@ def fit_temperature(probs, labels):
         return -np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], _TINY, 1.0)))
 
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
+
+
+def choose_temperature(probs, labels, folds=5, seed=0, standard_errors=1.0):
+    """The temperature fitted on all of `probs` (as `fit_temperature`), or 1 where that fit does not hold up:
+    refitted on all but one of `folds` parts of the galaxies in turn, it must lower the log-loss of the galaxies
+    left out by more than `standard_errors` standard errors of that gain (over galaxies). A small validation
+    split can pull a temperature away from 1 by chance. Returns (temperature, details for calibration.json)."""
+    from sklearn.model_selection import KFold
+
+    labels = np.asarray(labels)
+    views = probs if probs.ndim == 3 else probs[None]
+    fitted = fit_temperature(views, labels)
+    if len(labels) < 2 * folds:
+        return 1.0, {"fitted": fitted, "kept": False, "why": f"fewer than {2 * folds} galaxies to check it on"}
+    gain = np.zeros(len(labels))  # per galaxy: its log-loss left out of the fit, without minus with temperature
+    for rest, part in KFold(folds, shuffle=True, random_state=seed).split(labels):
+        t = fit_temperature(views[:, rest], labels[rest])
+        for temperature, sign in ((1.0, 1), (t, -1)):
+            p = with_temperature(views[:, part], temperature).mean(axis=0)
+            gain[part] -= sign * np.log(np.clip(p[np.arange(len(part)), labels[part]], _TINY, 1.0))
+    error = gain.std(ddof=1) / np.sqrt(len(gain))
+    kept = gain.mean() > standard_errors * error
+    return (fitted if kept else 1.0), {
+        "fitted": fitted, "kept": bool(kept), "left_out_gain": float(gain.mean()), "standard_error": float(error),
+        "standard_errors": standard_errors, "folds": folds}
+
+
+def describe_temperature(calibrated):
+    """What calibration.json's temperature is, in a few words."""
+    check = calibrated.get("check", {})
+    if check.get("kept", True):
+        return f"temperature {calibrated['temperature']:.2f}, fitted on the validation split"
+    return (f"no temperature: T = {check['fitted']:.2f} fitted on the validation split did not lower the log-loss "
+            f"of validation galaxies left out of its fit by more than chance")
 
 
 def apply_temperature(model, temperature):

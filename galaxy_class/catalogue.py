@@ -8,9 +8,11 @@ only when complete: CSV, or FITS through astropy.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import h5py
@@ -88,8 +90,14 @@ def write_catalogue(model, config, source, out, tta=False, batch_size=256, overw
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise GalaxyClassError(f"{out}: a catalogue is written as {' or '.join(FORMATS)}")
+    if out.is_dir():
+        raise GalaxyClassError(f"{out}: is a folder; give the catalogue's file name")
     if out.exists() and not overwrite:
         raise GalaxyClassError(f"{out}: already exists; remove it, pass --overwrite, or choose another --out")
+    if not out.parent.is_dir():
+        raise GalaxyClassError(f"{out.parent}: no such folder to write the catalogue in")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise GalaxyClassError(f"{out}: cannot be written here (permission denied)")
     if out.suffix.lower() == ".fits":
         _astropy_table()  # fail before the work, not after it
     source = Path(source)
@@ -101,6 +109,10 @@ def write_catalogue(model, config, source, out, tta=False, batch_size=256, overw
         raise GalaxyClassError(f"{source}: --crop-fraction cuts image files; a file's images are already cut")
     else:
         reader = _FileSource(source)
+        if tuple(reader.g.image_shape) != tuple(config.input_shape):
+            raise GalaxyClassError(f"{source}: {_shape(reader.g.image_shape)} images, but the model takes "
+                                   f"{_shape(config.input_shape)} ones; make a file of such images (make-dataset), "
+                                   f"or classify a folder of the image files, which are cut to the model's size")
     header = [*reader.names(), "predicted_class", "probability", *map(column, config.class_names)]
     if tta:
         header.append("tta_spread")
@@ -109,7 +121,11 @@ def write_catalogue(model, config, source, out, tta=False, batch_size=256, overw
     made_from = json.dumps({"model": model_id, "source": str(source.resolve()), "n": reader.n, "tta": tta,
                             "crop_fraction": crop_fraction, "header": header})
     stamp = part.with_name(part.name + ".json")
-    done = 0 if overwrite or not stamp.exists() or stamp.read_text() != made_from else _rows_done(part, header)
+    # --overwrite replaces a finished catalogue, never the unfinished rows of this same catalogue: they go on.
+    done = _rows_done(part, header) if stamp.exists() and stamp.read_text() == made_from else 0
+    if done:
+        print(f"note: {part}: continuing after the {done:,} of {reader.n:,} galaxies already classified (remove it "
+              f"to start again)", file=sys.stderr)
     stamp.write_text(made_from)
     with open(part, "a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -145,12 +161,16 @@ def _rows_done(part: Path, header) -> int:
         return 0
     content = part.read_bytes()
     complete = content[:content.rfind(b"\n") + 1]  # a last line without its newline was cut off mid-write
-    rows = list(csv.reader(complete.decode().splitlines()))
+    rows = list(csv.reader(io.StringIO(complete.decode(), newline="")))  # rows as the CSV reader counts them
     if not rows or rows[0] != header:
         return 0
     with open(part, "r+b") as f:
         f.truncate(len(complete))
     return len(rows) - 1
+
+
+def _shape(shape):
+    return "x".join(map(str, shape[:2])) + " pixel"
 
 
 def _plain(value):

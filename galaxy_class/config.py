@@ -80,6 +80,19 @@ class Config:
             return self.replace(shift_zoom=SHIFT_ZOOM.get(self.model, 0.0))
         return self
 
+    def check(self):
+        """GalaxyClassError naming the first setting out of its range; the settings otherwise."""
+        if not 0 <= self.weight_average < 1:
+            raise GalaxyClassError(f"weight average momentum {self.weight_average}: must be at least 0 and below 1")
+        if not 0 <= self.shift_zoom <= 0.5:
+            raise GalaxyClassError(f"shift and zoom {self.shift_zoom}: must be between 0 and 0.5")
+        if not 0 <= self.colour_jitter < 1:
+            raise GalaxyClassError(f"colour jitter {self.colour_jitter}: must be at least 0 and below 1")
+        if self.fine_tune_batchnorm not in BATCHNORM_MODES:
+            raise GalaxyClassError(f"unknown fine-tuning BatchNorm mode {self.fine_tune_batchnorm!r}: choose "
+                                   f"{' or '.join(BATCHNORM_MODES)}")
+        return self
+
     def replace(self, **changes):
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -89,20 +102,12 @@ class Config:
 
 # Choices of fine_tune_batchnorm, the default first.
 BATCHNORM_MODES = ("frozen", "adapt")
+# Architectures whose ImageNet weights include BatchNorm statistics (what --fine-tune-batchnorm is about);
+# SqueezeNet's have none, and the BatchNorm layers --batchnorm adds to it always learn theirs.
+PRETRAINED_BATCHNORM = ("mobilenet", "mobilenet_v2")
 # Shifts and zooms by model, where they are not 0: they raised MobileNet's held-out macro-F1 over three seeds
 # and lowered SqueezeNet's (benchmarks/README.md, "Training recipes").
 SHIFT_ZOOM = {"mobilenet": 0.1}
 # What runs saved before a setting existed did, where that is not the setting's default.
 BEFORE_THE_SETTING = {"fine_tune_batchnorm": "adapt", "shift_zoom": 0.0}
 
-
-def run_config(run_dir):
-    """The settings of a trained run folder; GalaxyClassError if `run_dir` is not one (no TensorFlow needed)."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise GalaxyClassError(f"{run_dir}: no such run folder")
-    if not run_dir.is_dir():
-        raise GalaxyClassError(f"{run_dir}: is a file, not a run folder (or an exported .tflite file)")
-    if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
-        raise GalaxyClassError(f"{run_dir}: not a finished training run (no model.keras and config.json)")
-    return Config.load(run_dir / "config.json")

@@ -107,6 +107,9 @@ def crop_fraction_for(side: int, stored_size: int, recipe: CutoutRecipe | None,
     """(share of the image's width to keep, what was done and why) for a square image `side` pixels wide."""
     if crop_fraction is not None:
         crop_fraction = parse_crop_fraction(crop_fraction)
+        if round(side * crop_fraction) < 1:  # as apply() counts the pixels it keeps
+            raise GalaxyClassError(f"crop fraction {crop_fraction:g}: keeps less than one pixel of a {side} px "
+                                   f"image (1/{side} keeps one)")
         return crop_fraction, f"kept the central {crop_fraction:g} of the image, as asked"
     if side == stored_size:
         return 1.0, f"used as is: {side} px is the size of the model's training images"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxy_class.config import run_config
 from galaxy_class.data import load_split
 from galaxy_class.errors import GalaxyClassError
+from galaxy_class.predict import graph_mode, predict_file
+from galaxy_class.runs import load_run, run_config
 
 
 def check_teacher(teacher_dir, class_names, split, weight):
@@ -34,9 +35,6 @@ def check_teacher(teacher_dir, class_names, split, weight):
 
 def teacher_targets(teacher_dir, g, split, weight):
     """Soft targets (images in the file, K) float32: rows of the training images filled, the rest zero."""
-    from galaxy_class.predict import graph_mode, predict_file
-    from galaxy_class.train import load_run
-
     model, config, _ = load_run(teacher_dir)
     probs, labels = predict_file(graph_mode(model), g, split["train"], tta=True)
     num_classes = len(config.class_names)

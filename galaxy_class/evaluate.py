@@ -48,7 +48,7 @@ def report(m):
         line = f"probabilities: ECE {m['ece']:.3f}, Brier {m['brier']:.3f}, log-loss {m['log_loss']:.3f}"
         if "calibration" in m:
             before = m["calibration"]["test_before"]
-            line += (f" (temperature {m['calibration']['temperature']:.2f}, fitted on the validation split; "
+            line += (f" ({calibration.describe_temperature(m['calibration'])}; "
                      f"before it: ECE {before['ece']:.3f}, Brier {before['brier']:.3f}, log-loss {before['log_loss']:.3f})")
         lines.append(line)
         if "ece_if_calibrated" in m:

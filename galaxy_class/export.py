@@ -46,7 +46,7 @@ def export_tflite(run_dir, quantize="int8", out=None, calibration_images=CALIBRA
     import keras
     import tensorflow as tf
 
-    from galaxy_class.train import load_run
+    from galaxy_class.runs import load_run
 
     if quantize not in QUANTIZE:
         raise GalaxyClassError(f"unknown quantization {quantize!r}: choose one of {', '.join(QUANTIZE)}")

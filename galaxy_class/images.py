@@ -62,7 +62,11 @@ def read_rgb(source, name=None) -> Image.Image:
 def load_image(source, stored_size: int, recipe: cutout.CutoutRecipe | None = None,
                crop_fraction: float | None = None, name=None) -> tuple[np.ndarray, str]:
     """An image file as uint8 (stored_size, stored_size, 3) cut by the run's cutout recipe, and a note on what was done."""
-    return cutout.apply(read_rgb(source, name), stored_size, recipe, crop_fraction)
+    image = read_rgb(source, name)
+    try:
+        return cutout.apply(image, stored_size, recipe, crop_fraction)
+    except GalaxyClassError as e:  # a crop fraction too small for this image: say which image
+        raise GalaxyClassError(f"{name or source}: {e}") from None
 
 
 def load_images(paths, config, crop_fraction=None) -> list[tuple[np.ndarray, str]]:

@@ -78,11 +78,12 @@ class Made:
 
 
 def make_dataset(folder, out, labels=None, *, like=None, class_names=None, size=None, raw_size=None,
-                 crop=None, resample=None, progress=True) -> Made:
+                 crop=None, resample=None, progress=True, allow_outside=False) -> Made:
     """Write `out` from the images in `folder` listed in the CSV `labels` (default FOLDER/labels.csv).
 
     Class names, stored size and cutout recipe come from the options, or from the Galaxy10-schema file
-    `like`. Every row is checked before an image is decoded; nothing is left behind on any error.
+    `like`. Every row is checked before an image is decoded; nothing is left behind on any error. Images
+    outside `folder` (by a "..", an absolute path or a link) are refused unless `allow_outside`.
     """
     folder, out = Path(folder), Path(out)
     csv_path = Path(labels) if labels is not None else folder / "labels.csv"
@@ -92,7 +93,7 @@ def make_dataset(folder, out, labels=None, *, like=None, class_names=None, size=
     names, size, recipe = settings(like, class_names, size, raw_size, crop, resample)
     table = read_table(csv_path)
     names = names or names_from_labels(table)
-    label_numbers, sides, non_square = check_rows(table, folder, names, progress)
+    label_numbers, sides, non_square = check_rows(table, folder, names, progress, allow_outside)
     made = Made(out, len(table.rows), size, recipe, sides, non_square)
     _write(made, table, folder, label_numbers, names, progress)
     return made
@@ -220,20 +221,29 @@ def names_from_labels(table: Table) -> tuple[str, ...]:
     return tuple(sorted({row.label for row in table.rows if row.label}))
 
 
-def check_rows(table: Table, folder: Path, names, progress: bool = True) -> tuple[list[int], dict[int, int], int]:
+def check_rows(table: Table, folder: Path, names, progress: bool = True,
+               allow_outside: bool = False) -> tuple[list[int], dict[int, int], int]:
     """(label numbers, images per side, non-square images) of the rows; every bad row in one GalaxyClassError.
 
-    Images are only opened to read their headers here: decoding waits until the file is written.
+    Images are only opened to read their headers here: decoding waits until the file is written. A file
+    listed twice, by the same name or by two names (a link, "a/../b"), is a bad row: one galaxy could
+    otherwise land in both the training and the test split.
     """
     numbers, sides, non_square, missing, problems, first_line = [], {}, 0, 0, list(table.malformed), {}
+    inside = folder.resolve()
     for row in _bar(table.rows, progress, desc="checking", leave=False):
         wrong = []
         if not row.file:
             wrong.append("empty file name")
         else:
             path = folder / row.file
-            key = os.path.normcase(os.path.normpath(path))
-            if key in first_line:
+            key, where = _identity(path), _resolved(path)
+            if where is None:
+                wrong.append(f"{row.file}: cannot be followed to a file (a loop of links?)")
+            elif not allow_outside and not where.is_relative_to(inside):
+                wrong.append(f"{row.file}: is outside {folder}; images must be in the folder (or allow "
+                             f"files outside it with --allow-outside-folder)")
+            elif key in first_line:
                 wrong.append(f"{row.file}: listed again (first on line {first_line[key]})")
             else:
                 first_line[key] = row.line
@@ -257,6 +267,25 @@ def check_rows(table: Table, folder: Path, names, progress: bool = True) -> tupl
     hint = f"; none of the files is in {folder}: is it the right folder?" if missing == n_rows else ""
     _raise_if_any(table.path, [f"{table.path} line {line}: {why}" for line, why in sorted(problems)], n_rows, hint)
     return numbers, sides, non_square
+
+
+def _identity(path: Path):
+    """What makes two names the same file: its device and inode where it exists, else its normalised name."""
+    try:
+        info = path.stat()
+    except (OSError, ValueError):  # missing (reported as such), or a name the system cannot take
+        info = None
+    if info is None or not info.st_ino:  # some file systems (FAT, network drives) number no inodes
+        return os.path.normcase(os.path.normpath(path))
+    return info.st_dev, info.st_ino
+
+
+def _resolved(path: Path) -> Path | None:
+    """`path` with links followed and ".." resolved; None if that cannot be done."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a loop of links (RuntimeError before Python 3.13)
+        return None
 
 
 def _image_size(path: Path, name: str) -> tuple[int, int]:

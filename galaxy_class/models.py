@@ -31,9 +31,6 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # Architectures that trained faster under mixed_bfloat16 than float32 on CPUs with bf16 units
 # (benchmarks/train_speed.py); MobileNet's depthwise convolutions were slower.
 BF16_FASTER_ON_CPU = ("squeezenet",)
-# Architectures whose ImageNet weights include BatchNorm statistics (what --fine-tune-batchnorm is about);
-# SqueezeNet's have none, and the BatchNorm layers --batchnorm adds to it always learn theirs.
-PRETRAINED_BATCHNORM = ("mobilenet", "mobilenet_v2")
 # (squeeze, expand) filters of fire2..fire9 in SqueezeNet v1.1.
 FIRE_FILTERS = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128),
                 6: (48, 192), 7: (48, 192), 8: (64, 256), 9: (64, 256)}

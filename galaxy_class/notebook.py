@@ -1,11 +1,15 @@
 """What the two notebooks need beyond training: where a run writes, what runs it, and what its numbers mean."""
 
 import csv
+import html
+import io
+import re
 from pathlib import Path
 
 import numpy as np
 
 from galaxy_class import cutout, plots
+from galaxy_class.calibration import describe_temperature
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.images import image_files, read_rgb, run_recipe
 
@@ -58,6 +62,66 @@ DATA_NAMES = {"sample": "the bundled sample (real SDSS galaxies, Galaxy Zoo 1 la
               "galaxy10_decals": "Galaxy10 DECaLS", "galaxy10_sdss": "Galaxy10 SDSS"}
 
 
+def data_note(dataset, g):
+    """The note under a notebook's introduction: which data its outputs come from, and how to get Galaxy10's."""
+    classes = ", ".join(g.class_names)
+    what = f"{g.n:,} galaxies of {g.image_shape[0]}x{g.image_shape[1]} pixels in {len(g.class_names)} classes ({classes})"
+    if dataset in ("galaxy10_decals", "galaxy10_sdss"):
+        return Rendered(f"**The outputs below come from {DATA_NAMES[dataset]}**: {what}.")
+    name = "the bundled sample" if dataset == "sample" else f"`{Path(str(dataset)).name}`"
+    if dataset == "sample":
+        what = what.replace(" galaxies of", " real SDSS galaxies with Galaxy Zoo 1 labels, cutouts of")
+    return Rendered(f"**The outputs below come from {name}**: {what}. They are not Galaxy10 results: for "
+                    f"Galaxy10 set `dataset = \"galaxy10_decals\"` (or `\"galaxy10_sdss\"`) in the parameters cell, "
+                    f"or run `make run DATASET=galaxy10_decals`.")
+
+
+class Rendered:
+    """Markdown text that a notebook shows as HTML too, which every notebook viewer renders (GitHub included).
+
+    The HTML knows what this package writes: paragraphs, pipe tables, **bold** and `code`."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def _repr_markdown_(self):
+        return self.text
+
+    def _repr_html_(self):
+        return "\n".join(_table(block) if block.startswith("|") else f"<p>{_inline(block)}</p>"
+                         for block in self.text.strip().split("\n\n"))
+
+    def __str__(self):
+        return self.text
+
+
+def _inline(text):
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _table(block):
+    header, rule, *rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+                           for line in block.splitlines()]
+    align = ["right" if cell.endswith(":") else "left" for cell in rule]
+
+    def row(cells, tag):
+        return "<tr>" + "".join(f'<{tag} style="text-align: {a}">{_inline(c)}</{tag}>'
+                                for c, a in zip(cells, align)) + "</tr>"
+
+    return "<table>\n" + "\n".join([row(header, "th"), *(row(r, "td") for r in rows)]) + "\n</table>"
+
+
+def as_jpeg(fig, quality=85, dpi=100):
+    """A figure of galaxy images shown as a JPEG, a fraction of the size of the PNG a notebook would store."""
+    from IPython.display import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="jpeg", dpi=dpi, pil_kwargs={"quality": quality})
+    return Image(data=buffer.getvalue(), format="jpeg")
+
+
 def results_markdown(metrics, test_labels, dataset):
     """The closing "Results" summary of a notebook: the numbers, against the majority-class baseline, and their limits."""
     data_name = DATA_NAMES.get(dataset, f"`{Path(dataset).name}`")
@@ -91,8 +155,8 @@ def results_markdown(metrics, test_labels, dataset):
     ]
     if "calibration" in metrics:
         cal = metrics["calibration"]
-        lines += ["", f"Probabilities: after temperature scaling (T = {cal['temperature']:.2f}, fitted on the "
-                      f"validation split) the expected calibration error on the test split is {metrics['ece']:.3f}, "
+        lines += ["", f"Probabilities ({describe_temperature(cal)}): the expected calibration error on the test "
+                      f"split is {metrics['ece']:.3f}, "
                       f"against {cal['test_before']['ece']:.3f} before; log-loss {metrics['log_loss']:.3f} "
                       f"({cal['test_before']['log_loss']:.3f} before)."]
         if "ece_if_calibrated" in metrics:

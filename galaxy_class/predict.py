@@ -6,6 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from galaxy_class.batches import dihedral, make_dataset
+from galaxy_class.runs import load_run
+
+BATCH_SIZE = 128
 
 
 def load_model(path):
@@ -14,8 +17,6 @@ def load_model(path):
         from galaxy_class.tflite import load_tflite
 
         return load_tflite(path)
-    from galaxy_class.train import load_run
-
     return load_run(path)
 
 
@@ -28,15 +29,20 @@ def graph_mode(model):
     return lambda images, training=False: call(images)
 
 
-def predict_views(model, images, tta=False):
-    """Class probabilities of each view of a uint8 batch, (views, b, K): the images as given, then with `tta`
-    their other 7 flips and rotations."""
-    return np.stack([np.asarray(model(dihedral(images, k), training=False)) for k in (range(8) if tta else [0])])
+def predict_views(model, images, tta=False, batch_size=BATCH_SIZE):
+    """Class probabilities of each view of uint8 images, (views, n, K): the images as given, then with `tta`
+    their other 7 flips and rotations. The model sees `batch_size` images at a time, as in `model.predict`,
+    so memory stays bounded however many images are given."""
+    views = range(8) if tta else [0]
+    return np.concatenate([np.stack([np.asarray(model(dihedral(images[i:i + batch_size], k), training=False))
+                                     for k in views])
+                           for i in range(0, max(len(images), 1), batch_size)], axis=1)
 
 
-def predict_proba(model, images, tta=False):
-    """Class probabilities for a uint8 batch; with `tta`, the mean over the 8 flips and rotations."""
-    return predict_views(model, images, tta).mean(axis=0)
+def predict_proba(model, images, tta=False, batch_size=BATCH_SIZE):
+    """Class probabilities for uint8 images, `batch_size` at a time; with `tta`, the mean over the 8 flips and
+    rotations."""
+    return predict_views(model, images, tta, batch_size).mean(axis=0)
 
 
 def predict_file_views(model, g, indices, batch_size=128, tta=False):
@@ -59,9 +65,7 @@ def predict_file(model, g, indices, batch_size=128, tta=False):
 def classify(model, class_names, prepared, names, tta=False, batch_size=64):
     """One result per (image, note) of `images.load_images`: the top class and its probability, every class's
     probability, and how the image was cut; `names` label the results (file names)."""
-    images = np.stack([image for image, _ in prepared])
-    probs = np.concatenate([predict_proba(model, images[i:i + batch_size], tta=tta)
-                            for i in range(0, len(images), batch_size)])
+    probs = predict_proba(model, np.stack([image for image, _ in prepared]), tta=tta, batch_size=batch_size)
     return [{"image": str(name), "class": class_names[int(p.argmax())], "probability": float(p.max()),
              "probabilities": dict(zip(class_names, map(float, p))), "preprocessing": note}
             for name, (_, note), p in zip(names, prepared, probs)]

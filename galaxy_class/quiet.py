@@ -5,9 +5,11 @@ TensorFlow writes them to file descriptor 2 from C++, before and regardless of T
 and oneDNN notes. Here descriptor 2 is replaced by a pipe whose lines are filtered by a thread.
 """
 
+import contextlib
 import logging
 import os
 import re
+import sys
 import threading
 
 # glog/absl lines ("I0000 00:00:1795618144.407888   16804 port.cc:153] ..."), absl's pre-init notice, the
@@ -19,7 +21,7 @@ NOISE = re.compile(
     rb"|fully_quantize: \d"
     rb"|INFO: Created TensorFlow Lite)"
 )
-_installed = False
+_installed = None  # (the original stderr descriptor, the thread that forwards to it) while the filter is on
 
 
 def hide_native_logs():
@@ -37,8 +39,32 @@ def hide_native_logs():
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
-    threading.Thread(target=_forward, args=(read_end, original), daemon=True, name="native-log-filter").start()
-    _installed = True
+    thread = threading.Thread(target=_forward, args=(read_end, original), daemon=True, name="native-log-filter")
+    thread.start()
+    _installed = original, thread
+
+
+@contextlib.contextmanager
+def native_logs_hidden():
+    """`hide_native_logs` for the block (a command-line run); on leaving it, stderr is restored and every line
+    written to it has been forwarded."""
+    hide_native_logs()
+    try:
+        yield
+    finally:
+        _restore()
+
+
+def _restore():
+    global _installed
+    if not _installed:
+        return
+    original, thread = _installed
+    sys.stderr.flush()
+    os.dup2(original, 2)  # closes the pipe's last write end: the thread drains it and ends
+    thread.join(timeout=5)
+    os.close(original)
+    _installed = None
 
 
 def _forward(read_end, original):

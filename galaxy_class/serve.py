@@ -1,59 +1,79 @@
 """`python -m galaxy_class serve RUN_DIR`: a local web page that classifies a galaxy image and shows its Grad-CAM.
 
-Flask serves one static page (static/) and a small JSON API, behind the HTTP server of server.py. Uploads are
-decoded in memory, never saved, a few at a time and no larger than the model needs.
+Flask serves one static page (static/) and a small JSON API, behind the HTTP server of server.py; uploads are
+decoded by uploads.py.
 """
 
 import base64
-import ctypes
 import io
 import json
-import math
 import threading
 from pathlib import Path
 
 import numpy as np
 from flask import Flask, Request, jsonify, request
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from werkzeug.exceptions import (BadRequest, Forbidden, HTTPException, NotFound, RequestEntityTooLarge,
                                  RequestURITooLarge)
+from werkzeug.formparser import FormDataParser
 
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class import cutout
-from galaxy_class.images import run_recipe, to_rgb8
+from galaxy_class.images import run_recipe
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.predict import predict_proba
 from galaxy_class.gradcam import colour_bar, gradcam, overlay
 from galaxy_class.server import (CONNECTION_TIMEOUT, LOOPBACK, MAX_URL_BYTES, cross_site, host_names, listen,
                                  names_this_server, url_host)
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
+from galaxy_class.uploads import FORMATS, decode_upload
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # the multipart framing and the crop-fraction field around the file
-# Survey cutouts are at most a few thousand pixels across. A small file that claims more pixels (a
-# "decompression bomb") is refused before its pixels are read.
-MAX_PIXELS = 4096 * 4096
-# A larger JPEG (a camera's 24 MP photo) is decoded at 1/2, 1/4 or 1/8 scale by libjpeg when the model needs
-# few enough of its pixels; its header alone tells how large it is.
-MAX_JPEG_PIXELS = 25_000_000
-# ... but never to fewer than 4 times the pixels across that the model keeps: images up to 8 times that size
-# (under 1,130 px for the SDSS cutout recipe) are decoded whole, exactly as `predict` decodes them.
-JPEG_DRAFT_MARGIN = 4
-DECODES_AT_ONCE = 2  # each decode may briefly hold a few hundred MB; more at once would not be faster on a few cores
-FORMATS = ("PNG", "JPEG")
+MAX_FORM_PARTS = 16  # the page sends two: the image and the crop fraction
+MAX_FIELD_BYTES = 500_000  # a text field of the form (the crop fraction is a few bytes): werkzeug's default
 SAMPLES_PER_CLASS = 2
 
 
-_decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
-try:
-    _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc (Linux)
-except (OSError, AttributeError, TypeError):  # not glibc; CDLL(None) is a TypeError on Windows
-    def _malloc_trim(pad):
-        return 0
+class FormTooLarge(RequestEntityTooLarge):
+    """A form refused for its parts or fields rather than its size; the description says which."""
+
+
+class _FormParser(FormDataParser):
+    """werkzeug's form parser, whose refusals say which limit the form broke (werkzeug's own say only 413)."""
+
+    def _parse_multipart(self, stream, mimetype, content_length, options):
+        counter = _DelimiterCounter(stream, options.get("boundary", "").encode("ascii", "replace"))
+        try:
+            _, form, files = super()._parse_multipart(counter, mimetype, content_length, options)
+        except RequestEntityTooLarge:
+            # werkzeug refuses a form inside its parser for one of two limits: its parts, or a field's length.
+            if self.max_form_parts is not None and counter.delimiters > self.max_form_parts:
+                raise FormTooLarge(f"the form has more than {self.max_form_parts} parts; send the image (field "
+                                   "'image') and, if wanted, the crop fraction") from None
+            raise FormTooLarge(f"a text field of the form is longer than {self.max_form_memory_size // 1000:,} kB; "
+                               "the crop fraction is a number such as 0.5") from None
+        return stream, form, files
+
+
+class _DelimiterCounter:
+    """A multipart body as werkzeug reads it, counting the part delimiters that went by."""
+
+    def __init__(self, stream, boundary):
+        self._stream, self._delimiter, self._tail, self.delimiters = stream, b"--" + boundary, b"", 0
+
+    def read(self, size=-1):
+        data = self._stream.read(size)
+        seen = self._tail + data  # the tail is too short to hold a whole delimiter: none is counted twice
+        self.delimiters += seen.count(self._delimiter)
+        self._tail = seen[len(seen) - len(self._delimiter) + 1:]
+        return data
 
 
 class InMemoryRequest(Request):
     """Uploaded files stay in memory (their size is capped) instead of going to a temporary file."""
+
+    form_data_parser_class = _FormParser
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return io.BytesIO()
@@ -116,62 +136,14 @@ class Classifier:
             return self._sample_results[i]
 
 
-def decode_upload(data, name, stored_size, recipe=None, crop_fraction=None):
-    """An uploaded file's bytes as the model's uint8 input and a note on how it was cut; GalaxyClassError (for
-    the page) if it is no usable image.
-
-    At most DECODES_AT_ONCE run at a time. A JPEG far larger than the model needs is decoded at reduced scale
-    (see JPEG_DRAFT_MARGIN): the model then sees pixels within a few grey levels of a full decode.
-    """
-    if not data:
-        raise GalaxyClassError(f"{name}: the file is empty")
-    with _decodes:
-        try:
-            return _decode(data, name, stored_size, recipe, crop_fraction)
-        finally:
-            _malloc_trim(0)  # glibc would otherwise keep the freed pixels, and the server would stay at its peak
-
-
-def _decode(data, name, stored_size, recipe, crop_fraction):
-    kind = None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind, (width, height) = image.format, image.size
-            if kind not in FORMATS:
-                raise GalaxyClassError(f"{name}: is a {kind} image; upload a {' or '.join(FORMATS)} file")
-            limit = MAX_JPEG_PIXELS if kind == "JPEG" else MAX_PIXELS
-            if width * height > limit:
-                raise GalaxyClassError(f"{name}: {width}x{height} pixels is too large (at most {limit:,} "
-                                       f"pixels for a {kind} file)")
-            fraction, note = cutout.crop_fraction_for(min(width, height), stored_size, recipe, crop_fraction)
-            if kind == "JPEG":
-                wanted = math.ceil(JPEG_DRAFT_MARGIN * stored_size / fraction)
-                image.draft(None, (wanted, wanted))
-            if image.size[0] * image.size[1] > MAX_PIXELS:
-                raise GalaxyClassError(
-                    f"{name}: {width}x{height} pixels is too large to keep its central {fraction:.3g} (at most "
-                    f"{MAX_PIXELS:,} pixels at full resolution; a larger crop fraction needs fewer)")
-            image.load()
-            rgb = to_rgb8(image)
-    except (GalaxyClassError, MemoryError):
-        raise
-    except Image.DecompressionBombError:
-        raise GalaxyClassError(f"{name}: too large (more than {MAX_PIXELS:,} pixels)") from None
-    except UnidentifiedImageError:
-        raise GalaxyClassError(f"{name}: not an image; upload a {' or '.join(FORMATS)} file") from None
-    except Exception as e:  # whatever a decoder raises on hostile data is the file's fault
-        what = f"the {kind} file is damaged or truncated" if kind else "cannot be read as an image"
-        raise GalaxyClassError(f"{name}: {what} ({e})") from None
-    # The note describes the file as sent; the cut keeps the same share of a reduced-scale JPEG.
-    return cutout.apply(rgb, stored_size, recipe, fraction)[0], note
-
-
 def create_app(run_dir, host="127.0.0.1"):
     """The Flask app serving the page and the API for the trained run in `run_dir`, to be served on `host`."""
     classifier = Classifier(run_dir)
     app = Flask(__name__, static_folder="static")
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FIELD_BYTES
     app.extensions["galaxy_class"] = classifier
     names = host_names(host)
 
@@ -225,7 +197,8 @@ def create_app(run_dir, host="127.0.0.1"):
     def http_error(e):
         if e.code < 400:  # a redirect, e.g. from // to /
             return e
-        message = f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB" if e.code == 413 else e.description
+        too_large = e.code == 413 and not isinstance(e, FormTooLarge)
+        message = f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB" if too_large else e.description
         response = e.get_response()  # keeps the headers an answer needs, such as Allow on a 405
         response.set_data(json.dumps({"error": message}))
         response.mimetype = "application/json"

@@ -95,7 +95,8 @@ def sample_mobilenet_run(tmp_path_factory):
     `make run` has written one, else trained here (a few minutes on 2 cores), so tests of a really trained
     model run on a clean clone too."""
     from galaxy_class.config import Config
-    from galaxy_class.train import run_state, train
+    from galaxy_class.runs import run_state
+    from galaxy_class.train import train
 
     made = ROOT / "models" / "mobilenet_sample"
     if run_state(made) == "finished":

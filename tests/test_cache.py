@@ -20,7 +20,8 @@ from galaxy_class.batches import (
     read_batches,
 )
 from galaxy_class.data import open_galaxy10
-from galaxy_class.train import settings_differences, train
+from galaxy_class.runs import settings_differences
+from galaxy_class.train import train
 
 LAYOUTS = {
     "gzip, one chunk per image (raw chunks inflated in threads)": dict(chunks=(1, 16, 16, 3), compression="gzip"),

@@ -79,7 +79,7 @@ def test_a_runs_calibration_lowers_ece_on_held_out_dev_galaxies(pretrained_run, 
 
     from galaxy_class.data import open_galaxy10
     from galaxy_class.predict import predict_file
-    from galaxy_class.train import load_run
+    from galaxy_class.runs import load_run
 
     model, _, _ = load_run(pretrained_run)  # trained on the bundled sample, its temperature fitted on its val split
     temperature = json.loads((pretrained_run / "calibration.json").read_text())["temperature"]
@@ -91,3 +91,32 @@ def test_a_runs_calibration_lowers_ece_on_held_out_dev_galaxies(pretrained_run, 
     raw = calibration.with_temperature(calibrated, 1 / temperature)  # the model's probabilities before it
     assert abs(np.log(temperature)) > 0.1, "a two-step head is far from calibrated"
     assert calibration.scores(calibrated, labels)["ece"] < calibration.scores(raw, labels)["ece"]
+
+
+def test_a_temperature_that_corrects_real_overconfidence_is_kept():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2000, 4)) * 1.5
+    truth = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=p) for p in truth])
+    temperature, check = calibration.choose_temperature(calibration.with_temperature(truth, 1 / 3), labels)
+    assert check["kept"] and temperature == check["fitted"] == pytest.approx(3, rel=0.1)
+    assert check["left_out_gain"] > check["standard_error"] > 0
+
+
+def test_a_gain_within_its_standard_error_is_not_enough_to_keep_a_temperature():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(150, 4)) * 1.5
+    truth = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=p) for p in truth])  # calibrated: any fitted T is chance
+    temperature, check = calibration.choose_temperature(truth, labels)
+    assert check["fitted"] != 1.0 and temperature == 1.0 and not check["kept"]
+    assert check["left_out_gain"] <= check["standard_error"]
+    assert calibration.choose_temperature(truth, labels, standard_errors=-np.inf)[0] == check["fitted"]
+
+
+def test_a_temperature_that_does_not_hold_up_on_left_out_galaxies_is_dropped():
+    probs = np.array([[0.9, 0.1]] * 29 + [[0.001, 0.999]])  # one confident mistake pulls any fit
+    temperature, check = calibration.choose_temperature(probs, np.zeros(30, int))
+    assert temperature == 1.0 and not check["kept"] and check["fitted"] != 1.0
+    assert check["left_out_gain"] < 0
+    assert "no temperature" in calibration.describe_temperature({"temperature": 1.0, "check": check})

@@ -13,7 +13,7 @@ from galaxy_class.cli import main
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.predict import predict_proba
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
 
 
 def rows(path):
@@ -100,3 +100,70 @@ def test_bad_catalogue_arguments_are_one_error_line_and_touch_nothing(tiny_run, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_overwrite_continues_the_unfinished_rows_of_the_same_catalogue_and_says_so(pretrained_run, sample_file,
+                                                                                   tmp_path, monkeypatch, capsys):
+    model, config, _ = load_run(pretrained_run)
+    whole = tmp_path / "whole.csv"
+    write_catalogue(model, config, sample_file, whole, batch_size=500, progress=False, model_id="run A")
+    predict_views, calls = predict.predict_views, []
+
+    def killed_after_two(model, images, tta=False):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(len(images))
+        return predict_views(model, images, tta)
+
+    out = tmp_path / "cat.csv"
+    out.write_text("an older catalogue\n")
+    monkeypatch.setattr(predict, "predict_views", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        write_catalogue(model, config, sample_file, out, batch_size=500, overwrite=True, progress=False,
+                        model_id="run A")
+    assert len((tmp_path / "cat.csv.part").read_text().splitlines()) == 1 + 1000
+    monkeypatch.setattr(predict, "predict_views", predict_views)
+    write_catalogue(model, config, sample_file, out, batch_size=500, overwrite=True, progress=False, model_id="run A")
+    assert "continuing after the 1,000 of 1,536 galaxies already classified" in capsys.readouterr().err
+    assert out.read_text() == whole.read_text()
+
+
+def test_resume_counts_rows_as_the_csv_reader_does(tmp_path):
+    from galaxy_class.catalogue import _rows_done
+
+    header = ["file", "predicted_class"]
+    names = ["a\u2028b.png", "c\x0cd.png", "e\x85f.png", 'g"h,i.png', "j\nk.png", "plain.png"]
+    part = tmp_path / "cat.csv.part"
+    with open(part, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerows([header, *([name, "Spiral"] for name in names)])
+    assert _rows_done(part, header) == 6
+
+
+@pytest.mark.parametrize("out, words", [
+    ("{tmp}/folder.csv", "is a folder"),
+    ("{tmp}/missing/cat.csv", "missing: no such folder"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tiny_run, sample_file, tmp_path, capsys, out,
+                                                                      words):
+    (tmp_path / "folder.csv").mkdir()
+    code = main(["predict", str(tiny_run), "--data", str(sample_file), "--out", out.format(tmp=tmp_path),
+                 "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert [p.name for p in tmp_path.iterdir()] == ["folder.csv"] and not any((tmp_path / "folder.csv").iterdir())
+
+
+def test_a_file_of_another_image_size_is_one_error_line(tiny_run, sample_file, tmp_path, capsys):
+    import h5py
+
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f["images"] = np.zeros((4, 80, 80, 3), np.uint8)
+        f["ans"] = np.array([0, 1, 2, 3])
+        f.attrs["class_names"] = list(open_galaxy10(sample_file).class_names)
+    for command in (["predict", str(tiny_run), "--data", str(path), "--out", str(tmp_path / "cat.csv")],
+                    ["evaluate", str(tiny_run), "--data", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "80x80" in err[0] and "69x69" in err[0], err

@@ -8,7 +8,7 @@ from PIL import Image
 
 from galaxy_class.cli import main
 from galaxy_class.data import open_galaxy10, read_images
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
 
 
 def run_cli(capsys, *args):
@@ -139,3 +139,35 @@ def test_one_bad_image_among_several_is_reported_before_any_prediction(capsys, t
     code, out, err = run_cli(capsys, "predict", tiny_run, good, bad)
     assert_one_error_line(code, err, "bad.jpg")
     assert out == ""
+
+
+def test_every_option_explains_itself_and_every_command_ends_with_examples():
+    import argparse
+
+    from galaxy_class.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"inspect", "make-dataset", "train", "evaluate", "predict", "export", "serve"}
+    for name, command in commands.items():
+        assert command.epilog.startswith("examples:\n  galaxy-class "), name
+        for action in command._actions:
+            if action.help != argparse.SUPPRESS:
+                assert action.help, f"{name} {action.dest} has no help"
+        shown = command.format_help()
+        for action in command._actions:
+            if action.help != argparse.SUPPRESS and action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in " ".join(shown.split()), f"{name} {action.dest}"
+
+
+def test_commands_print_no_tensorflow_log_lines(tiny_run, sample_file):
+    images = [sample_file.parent / "cutouts" / name for name in sorted(p.name for p in
+                                                                      (sample_file.parent / "cutouts").glob("*.jpeg"))]
+    done = subprocess.run([sys.executable, "-m", "galaxy_class", "predict", str(tiny_run), str(images[0])],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(images[0])) and len(done.stdout.splitlines()) == 1
+    assert [line for line in done.stderr.splitlines() if not line.startswith("note: ")] == [], done.stderr
+    debug = subprocess.run([sys.executable, "-m", "galaxy_class", "--debug", "predict", str(tiny_run), str(images[0])],
+                           capture_output=True, text=True, timeout=300)
+    assert debug.returncode == 0 and done.stdout == debug.stdout

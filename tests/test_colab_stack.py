@@ -1,4 +1,4 @@
-"""The notebooks on Colab: one project address everywhere, a first cell that sets Colab up without touching its
+"""The notebooks on Colab: one project address everywhere, a setup cell under the title that sets Colab up without touching its
 TensorFlow and Keras, and version floors that a test runs on. (The TFLite export on Colab's Keras is checked by
 running both notebooks in quick mode in the same environment.)
 
@@ -51,10 +51,10 @@ def pins(requirements):
 
 
 def run_setup_cell(cwd, on_colab=True, times=1):
-    """The committed notebooks' first cell run by this Python in `cwd`, `times` times, as on Colab or elsewhere."""
+    """The committed notebooks' setup cell (under the title) run by this Python in `cwd`, `times` times, as on Colab or elsewhere."""
     fake_colab = "sys.modules['google.colab'] = types.ModuleType('google.colab')\n" if on_colab else ""
     script = f"import sys, types\n{fake_colab}for _ in range({times}):\n    exec(sys.argv[1])\n"
-    return subprocess.run([sys.executable, "-c", script, cells(NOTEBOOKS[0])[0]], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-c", script, cells(NOTEBOOKS[0])[1]], cwd=cwd, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -73,15 +73,15 @@ def test_every_place_names_the_same_project_address():
     colab_links = re.findall(r"https://colab\.research\.google\.com/github/[^)\s]+", readme)
     assert set(colab_links) <= {*map(colab_url, NOTEBOOKS)}
     for notebook in NOTEBOOKS:
-        setup, title = cells(notebook)[:2]
+        title, setup = cells(notebook)[:2]
         assert f'REPO = "{URL}"' in setup
         assert badge(notebook) in title
     for path in ["README.md", "CITATION.cff", "pyproject.toml", *NOTEBOOKS]:
         assert "galaxy-class/galaxy-class" not in (ROOT / path).read_text(), f"{path} names an old address"
 
 
-def test_both_notebooks_start_with_the_same_setup_cell():
-    assert cells(NOTEBOOKS[0])[0] == cells(NOTEBOOKS[1])[0]
+def test_both_notebooks_have_the_same_setup_cell_right_under_the_title():
+    assert cells(NOTEBOOKS[0])[1] == cells(NOTEBOOKS[1])[1]
 
 
 def test_dependency_floors_are_the_oldest_versions_a_test_runs_on_and_astronn_is_not_one():
@@ -96,7 +96,7 @@ def test_dependency_floors_are_the_oldest_versions_a_test_runs_on_and_astronn_is
         tested = [env[name] for env in (pinned, colab) if name in env]
         assert specifier.operator == ">=" and Version(specifier.version) == min(tested), line
     installs = [(ROOT / path).read_text() for path in ["requirements.txt", "requirements-colab.txt", "pyproject.toml"]]
-    assert not [text for text in [*installs, cells(NOTEBOOKS[0])[0]] if "astronn" in text.lower()], "nothing imports it"
+    assert not [text for text in [*installs, cells(NOTEBOOKS[0])[1]] if "astronn" in text.lower()], "nothing imports it"
 
 
 def test_setup_cell_does_nothing_outside_colab(tmp_path):
@@ -128,3 +128,12 @@ def test_setup_cell_on_colab_installs_only_the_package_and_keeps_colabs_tensorfl
     assert len(lines) == 2 and lines[0] == lines[1]
     assert lines[0].startswith("Training on the GPU: ") or "Runtime > Change runtime type" in lines[0]
     assert not (ROOT / URL.rsplit("/", 1)[1]).exists(), "cloned into the checkout"
+
+
+def test_one_version_number_everywhere_and_the_changelog_has_it():
+    import galaxy_class
+
+    version = PYPROJECT["project"]["version"]
+    assert galaxy_class.__version__ == version
+    assert f"\nversion: {version}\n" in (ROOT / "CITATION.cff").read_text()
+    assert re.search(rf"^## \[{re.escape(version)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", (ROOT / "CHANGELOG.md").read_text(), re.M)

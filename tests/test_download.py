@@ -21,7 +21,8 @@ BODY = os.urandom(300_000)  # stands in for Galaxy10.h5: the tests give galaxy10
 
 @pytest.fixture
 def server(monkeypatch):
-    """A local HTTP server: routes maps a URL path to (status, bytes sent, Content-Length declared)."""
+    """A local HTTP server: routes maps a URL path to (status, bytes sent or a function yielding blocks of
+    them, Content-Length declared or None for no such header)."""
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     routes = {}
 
@@ -29,9 +30,14 @@ def server(monkeypatch):
         def do_GET(self):
             status, body, declared = routes[self.path]
             self.send_response(status)
-            self.send_header("Content-Length", str(declared))
+            if declared is not None:
+                self.send_header("Content-Length", str(declared))
             self.end_headers()
-            self.wfile.write(body)  # then the connection closes, early if declared > len(body)
+            try:
+                for block in [body] if isinstance(body, bytes) else body():
+                    self.wfile.write(block)  # then the connection closes, early if declared > len(body)
+            except ConnectionError:  # the client stopped reading
+                pass
 
         def log_message(self, *args):
             pass
@@ -51,7 +57,8 @@ def serve(routes, base, path, body=BODY, status=200, declared=None):
 
 def hosts(monkeypatch, *urls, body=BODY):
     """galaxy10_sdss hosted at `urls` (tried in that order), with the checksum of `body`."""
-    spec = dataclasses.replace(DATASETS["galaxy10_sdss"], urls=urls, sha256=hashlib.sha256(body).hexdigest())
+    spec = dataclasses.replace(DATASETS["galaxy10_sdss"], urls=urls, sha256=hashlib.sha256(body).hexdigest(),
+                               max_bytes=len(body))
     monkeypatch.setitem(DATASETS, "galaxy10_sdss", spec)
     return spec
 
@@ -120,6 +127,73 @@ def test_when_every_host_fails_one_line_gives_each_url_its_reason_and_keeps_noth
     assert f"put the file at {target} (SHA-256 {spec.sha256})" in message
     assert "\n" not in message
     assert os.listdir(tmp_path / "cache") == []
+
+
+def test_a_malformed_content_length_passes_the_host_over_for_the_next(server, monkeypatch, tmp_path):
+    hosts(monkeypatch, serve(*server, "/first/Galaxy10.h5", declared="12abc"), serve(*server, "/second/Galaxy10.h5"))
+    assert download("galaxy10_sdss", tmp_path).read_bytes() == BODY
+    assert os.listdir(tmp_path) == ["Galaxy10.h5"]
+
+
+def test_an_endless_response_is_cut_off_at_the_files_size_and_the_next_host_tried(server, monkeypatch, tmp_path):
+    routes, base = server
+    sent = []
+
+    def endless():  # 128 MB at most, in 64 kB blocks, without a Content-Length
+        for _ in range(2048):
+            yield b"\0" * 65536
+            sent.append(65536)
+
+    routes["/endless/Galaxy10.h5"] = (200, endless, None)
+    hosts(monkeypatch, base + "/endless/Galaxy10.h5", serve(routes, base, "/second/Galaxy10.h5"))
+    assert download("galaxy10_sdss", tmp_path).read_bytes() == BODY
+    assert os.listdir(tmp_path) == ["Galaxy10.h5"]
+    assert sum(sent) < 32 * 2**20, f"the endless host sent {sum(sent):,} bytes before it was cut off"
+
+
+def test_when_every_host_sends_no_file_one_error_says_why_for_each(server, monkeypatch, tmp_path):
+    routes, base = server
+    routes["/endless/Galaxy10.h5"] = (200, lambda: (BODY for _ in range(100)), None)
+    malformed = serve(routes, base, "/malformed/Galaxy10.h5", declared="12abc")
+    announced = serve(routes, base, "/announced/Galaxy10.h5", body=BODY + b"!")
+    spec = hosts(monkeypatch, malformed, base + "/endless/Galaxy10.h5", announced)
+    with pytest.raises(GalaxyClassError) as error:
+        download("galaxy10_sdss", tmp_path)
+    message = str(error.value)
+    assert f"{malformed} (sent a malformed Content-Length '12abc')" in message
+    assert f"{base}/endless/Galaxy10.h5 (sent more than the file's at most 300,000 bytes; cut off there)" in message
+    assert f"{announced} (announced 300,001 bytes, more than the file's at most 300,000)" in message
+    assert "\n" not in message and spec.max_bytes == len(BODY)
+    assert os.listdir(tmp_path) == []
+
+
+def test_each_size_cap_is_above_the_files_pixels_uncompressed():
+    for spec in DATASETS.values():
+        pixels = spec.n_images * spec.image_size**2 * 3
+        assert pixels < spec.max_bytes < 1.1 * pixels, spec.name
+
+
+def test_part_files_of_killed_downloads_are_removed_and_nothing_else(server, monkeypatch, tmp_path):
+    hosts(monkeypatch, serve(*server, "/Galaxy10.h5"))
+    users = tmp_path / "users_file"
+    users.write_bytes(b"keep me")
+    old = os.path.getmtime(users) - 2 * 24 * 3600
+    names = {".Galaxy10.h5.k2j_4h5g.part": old,  # a killed download's: removed
+             ".Galaxy10.h5.abcd1234.part": None,  # a download in progress (written just now): kept
+             ".Galaxy10.h5.notes.part": old, "Galaxy10.h5.abcd1234.part": old,  # not named as ours: kept
+             ".Galaxy10.h5.abcd1234.part.bak": old, ".Galaxy10_DECals.h5.abcd1234.part": old}
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name, mtime in names.items():
+        (cache / name).write_bytes(b"part")
+        if mtime:
+            os.utime(cache / name, (mtime, mtime))
+    (cache / ".Galaxy10.h5.linktous.part").symlink_to(users)  # named as ours, but a link: kept, as is its target
+    os.utime(cache / ".Galaxy10.h5.linktous.part", (old, old), follow_symlinks=False)
+    assert download("galaxy10_sdss", cache).read_bytes() == BODY
+    assert sorted(os.listdir(cache)) == sorted(["Galaxy10.h5", ".Galaxy10.h5.linktous.part",
+                           *[name for name in names if name != ".Galaxy10.h5.k2j_4h5g.part"]])
+    assert users.read_bytes() == b"keep me"
 
 
 def test_a_silent_host_times_out_and_is_reported(monkeypatch, tmp_path):

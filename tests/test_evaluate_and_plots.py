@@ -36,6 +36,23 @@ def test_tta_averages_the_model_over_the_eight_views():
     assert not np.allclose(expected, model(images))
 
 
+def test_large_arrays_go_through_the_model_a_batch_at_a_time_with_the_same_answers():
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
+    w = rng.normal(size=(8 * 8 * 3, 3))
+    seen = []
+
+    def model(x, training=False):
+        seen.append(len(x))
+        logits = np.asarray(x, dtype=float).reshape(len(x), -1) @ w / 1e3
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    expected = np.mean([model(dihedral(images, k)) for k in range(8)], axis=0)
+    seen.clear()
+    np.testing.assert_allclose(predict_proba(model, images, tta=True, batch_size=128), expected, rtol=1e-12)
+    assert max(seen) == 128 and sum(seen) == 8 * 300 and sorted(set(seen)) == [44, 128]
+
+
 def test_figures_are_figures_and_save_as_png(tmp_path):
     history = {"loss": [1, 0.8, 0.6], "val_loss": [1.1, 0.9, 0.8], "accuracy": [0.5, 0.6, 0.7],
                "val_accuracy": [0.4, 0.5, 0.6], "epochs_stage1": 2, "epochs_stage2": 1, "fine_tune_start_epoch": 2}

@@ -13,7 +13,7 @@ from galaxy_class.export import default_path, export_tflite, parity_path
 from galaxy_class.predict import graph_mode
 from galaxy_class.quantize import correct_bias, equalize_activations, int8_weights
 from galaxy_class.tflite import TFLiteModel, load_tflite
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
 
 # The tiny run predicts the majority class for every image, so any export of it agrees trivially: int8 is
 # checked on a run with pretrained MobileNet features and a head trained for two steps instead. Its

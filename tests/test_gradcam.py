@@ -13,7 +13,7 @@ from galaxy_class.errors import GalaxyClassError
 from galaxy_class.predict import predict_proba
 from galaxy_class.gradcam import gradcam, gradcam_figure, overlay, scaled_to_peak, to_image_frame, view_gradients
 from galaxy_class.models import build_model
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
 
 SIZE = 16
 # Trained on the bundled sample by `make run`: every dev-file galaxy is held out from it.

@@ -16,7 +16,7 @@ from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.predict import predict_proba
 from galaxy_class.images import load_image, read_rgb, run_recipe
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
 
 DEV_RECIPE = CutoutRecipe(423, 207, "box")
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 
 import h5py
@@ -234,3 +235,47 @@ def test_a_csv_that_cannot_be_used_is_one_error_line(content, why, tmp_path, cap
 def test_a_missing_csv_says_to_pass_labels(tmp_path, capsys):
     lines = failed(capsys, tmp_path, "--out", tmp_path / "out.h5", *RECIPE)
     assert lines == [f"error: {tmp_path / 'labels.csv'}: no such file (pass the labels CSV with --labels)"]
+
+
+def write_pngs(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", (16, 16), (40 * i, 100, 200 - 40 * i)).save(folder / name)
+
+
+TINY = ["--class-names", "A,B", "--raw-size", "16", "--size", "8"]
+
+
+def test_files_outside_the_folder_are_refused_row_by_row_unless_allowed(tmp_path, capsys):
+    folder, outside = tmp_path / "cutouts", tmp_path / "outside"
+    write_pngs(folder, "a.png")
+    write_pngs(outside, "x.png", "y.png", "z.png")
+    (folder / "link.png").symlink_to(outside / "z.png")
+    labels = write_csv(folder / "labels.csv", "file,label", "a.png,A", "../outside/x.png,B", f"{outside / 'y.png'},B",
+                       "link.png,A")
+    before = sorted(p.name for p in folder.iterdir())
+    lines = failed(capsys, folder, "--out", folder / "out.h5", *TINY)
+    for line, (number, name) in zip(lines, [(3, "../outside/x.png"), (4, outside / "y.png"), (5, "link.png")]):
+        assert line == (f"error: {labels} line {number}: {name}: is outside {folder}; images must be in the folder "
+                        f"(or allow files outside it with --allow-outside-folder)")
+    assert lines[-1] == f"error: {labels}: 3 of 4 rows are bad; nothing was written" and len(lines) == 4
+    assert_nothing_written(folder, before)
+    made = md.make_dataset(folder, tmp_path / "out.h5", class_names="A,B", size=8, raw_size=16, progress=False,
+                           allow_outside=True)
+    assert made.n == 4 and open_galaxy10(made.path).labels.tolist() == [0, 1, 1, 0]
+
+
+def test_one_file_listed_under_two_names_is_a_duplicate_row(tmp_path, capsys):
+    write_pngs(tmp_path, "a.png", "b.png")
+    (tmp_path / "alias.png").symlink_to("a.png")
+    os.link(tmp_path / "b.png", tmp_path / "hard.png")
+    (tmp_path / "sub").mkdir()
+    labels = write_csv(tmp_path / "labels.csv", "file,label", "a.png,A", "b.png,B", "alias.png,A", "hard.png,B",
+                       "sub/../a.png,B", "./b.png,A")
+    lines = failed(capsys, tmp_path, "--out", tmp_path / "out.h5", *TINY)
+    assert lines == [f"error: {labels} line 4: alias.png: listed again (first on line 2)",
+                     f"error: {labels} line 5: hard.png: listed again (first on line 3)",
+                     f"error: {labels} line 6: sub/../a.png: listed again (first on line 2)",
+                     f"error: {labels} line 7: ./b.png: listed again (first on line 3)",
+                     f"error: {labels}: 4 of 6 rows are bad; nothing was written"]
+    assert not (tmp_path / "out.h5").exists()

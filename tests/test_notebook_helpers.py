@@ -12,7 +12,7 @@ import pytest
 from galaxy_class import notebook
 from galaxy_class.data import open_galaxy10
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.train import load_run
+from galaxy_class.runs import load_run
 
 
 def test_native_log_lines_are_dropped_and_everything_else_passes():
@@ -68,3 +68,39 @@ def test_results_section_states_the_runs_numbers_and_its_weakest_class(tiny_run)
     for name, scores in metrics["per_class"].items():
         assert f"| {name} | {scores['support']} | {scores['recall']:.2f} |" in text
     assert "The weakest class is **" in text
+
+
+def test_the_data_note_names_the_data_actually_used_and_how_to_get_galaxy10(sample_file):
+    g = open_galaxy10(sample_file)
+    note = str(notebook.data_note("sample", g))
+    assert note.startswith("**The outputs below come from the bundled sample**: 1,536 real SDSS galaxies")
+    assert "4 classes (Elliptical, Spiral, Edge-on, Merger)" in note and "not Galaxy10" in note
+    assert 'dataset = "galaxy10_decals"' in note
+    own = str(notebook.data_note(str(sample_file), g))
+    assert f"`{sample_file.name}`" in own and "not Galaxy10" in own
+
+
+def test_rendered_tables_carry_html_that_every_viewer_shows():
+    text = "**Bold** and `x < y`\n\n| class | n |\n|---|---:|\n| Merger | **4** |"
+    shown = notebook.Rendered(text)
+    assert shown._repr_markdown_() == text
+    assert shown._repr_html_() == (
+        "<p><strong>Bold</strong> and <code>x &lt; y</code></p>\n<table>\n"
+        '<tr><th style="text-align: left">class</th><th style="text-align: right">n</th></tr>\n'
+        '<tr><td style="text-align: left">Merger</td><td style="text-align: right"><strong>4</strong></td></tr>\n'
+        "</table>")
+
+
+def test_galaxy_grids_are_shown_as_jpeg_a_fraction_of_the_png(sample_file):
+    import io
+
+    from galaxy_class import plots
+    from galaxy_class.data import read_images
+
+    g = open_galaxy10(sample_file)
+    fig = plots.galaxy_grid(read_images(g, list(range(24))), g.labels[:24], g.class_names, ncols=6)
+    shown = notebook.as_jpeg(fig)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    assert shown.format == "jpeg" and shown.data[:3] == b"\xff\xd8\xff"
+    assert len(shown.data) < len(png.getvalue()) / 3

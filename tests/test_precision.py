@@ -9,7 +9,8 @@ import pytest
 from galaxy_class import GalaxyClassError
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.models import build_model, choose_precision
-from galaxy_class.train import load_run, run_state, train
+from galaxy_class.runs import load_run, run_state
+from galaxy_class.train import train
 
 T4, P100 = (7, 5), (6, 0)
 AMX, AVX512 = {"avx512f", "amx_bf16"}, {"avx512f", "avx512_bf16"}

@@ -12,7 +12,8 @@ from galaxy_class.config import Config
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.distill import teacher_targets
 from galaxy_class.predict import predict_file
-from galaxy_class.train import learning_rate, load_run, settings_differences, train
+from galaxy_class.runs import load_run, settings_differences
+from galaxy_class.train import learning_rate, train
 
 
 def test_teacher_targets_mix_the_labels_with_the_teachers_8_view_probabilities(tiny_run, sample_file):
@@ -178,7 +179,7 @@ def test_squeezenets_own_batchnorm_layers_learn_whatever_the_setting(tiny_config
 
 
 def test_a_finished_squeezenet_run_is_not_refused_over_a_batchnorm_setting_it_has_no_use_for():
-    from galaxy_class.train import settings_differences
+    from galaxy_class.runs import settings_differences
 
     older = Config.from_dict({k: v for k, v in vars(Config(model="squeezenet")).items() if k != "fine_tune_batchnorm"})
     assert older.fine_tune_batchnorm == "adapt"

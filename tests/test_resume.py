@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from galaxy_class.plots import history_figure
-from galaxy_class.train import best_epoch, early_stopped, run_state
+from galaxy_class.checkpoints import best_epoch, early_stopped
+from galaxy_class.runs import run_state
 
 # Trains in a fresh process that kills itself (SIGKILL: no clean-up runs) the n-th time it reaches
 # KILL_AT="point:n". Points: batch_end, epoch_end, train_end (a stage's fit is over), evaluate,

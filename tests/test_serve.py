@@ -23,7 +23,8 @@ from galaxy_class.cli import main
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class import cutout
 from galaxy_class.images import load_image
-from galaxy_class.serve import MAX_UPLOAD_BYTES, bind, create_app, decode_upload
+from galaxy_class.serve import MAX_UPLOAD_BYTES, bind, create_app
+from galaxy_class.uploads import decode_upload
 
 # What Chromium needs on this kind of machine: no sandbox as root, no GPU, no calls home on a closed network.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -108,6 +109,48 @@ def test_the_page_can_ask_for_another_crop(client, dev_jpegs):
     assert "as asked" in whole["preprocessing"] and whole["image"] != auto["image"]
     refused = classify("2")
     assert refused.status_code == 400 and "crop fraction" in refused.get_json()["error"]
+
+
+def encoded(image, kind, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind, **options)
+    return buffer.getvalue()
+
+
+def test_a_phones_mpo_jpeg_is_classified_by_its_first_picture_as_cli_predict_does(client, capsys, tiny_run,
+                                                                                   galaxy_png, tmp_path):
+    galaxy, depth_map = Image.open(galaxy_png).convert("RGB"), Image.new("RGB", (40, 30), (255, 0, 0))
+    mpo = tmp_path / "phone.jpg"
+    mpo.write_bytes(encoded(galaxy, "MPO", save_all=True, append_images=[depth_map]))
+    assert Image.open(mpo).format == "MPO"
+    result = post(client, mpo.read_bytes(), mpo.name).get_json()
+    expected = cli_predict(capsys, tiny_run, mpo)
+    assert result["class"] == expected["class"] and result["preprocessing"] == expected["preprocessing"]
+    shown = {entry["class"]: entry["probability"] for entry in result["probabilities"]}
+    assert shown == pytest.approx(expected["probabilities"], abs=1e-6)
+    # A 12 MP phone photo is decoded at reduced scale as a plain JPEG of the same picture is.
+    photo = galaxy.resize((4000, 3000), Image.Resampling.BICUBIC)
+    plain = decode_upload(encoded(photo, "JPEG", quality=90), "photo.jpg", 69, cutout.CutoutRecipe(423, 207))
+    multi = decode_upload(encoded(photo, "MPO", quality=90, save_all=True, append_images=[depth_map]), "photo.jpg",
+                          69, cutout.CutoutRecipe(423, 207))
+    assert np.array_equal(plain[0], multi[0]) and plain[1] == multi[1]
+
+
+@pytest.mark.parametrize("fraction", ["5e-324", "0.001"])
+def test_a_crop_fraction_that_keeps_less_than_a_pixel_is_refused_as_such(client, capsys, tiny_run, galaxy_png,
+                                                                         tmp_path, fraction):
+    jpeg = tmp_path / "galaxy.jpeg"
+    jpeg.write_bytes(encoded(Image.open(galaxy_png).convert("RGB"), "JPEG"))
+    for data, name in [(jpeg.read_bytes(), jpeg.name), (galaxy_png.read_bytes(), galaxy_png.name)]:
+        response = client.post("/api/classify", data={"image": (io.BytesIO(data), name), "crop_fraction": fraction},
+                               content_type="multipart/form-data")
+        error = response.get_json()["error"]
+        assert response.status_code == 400 and error.startswith("crop fraction ") and "keeps less than one pixel" \
+            in error and "69 px image (1/69 keeps one)" in error, error
+    code = main(["predict", str(tiny_run), str(jpeg), "--crop-fraction", fraction])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {jpeg}: crop fraction ") and "keeps less than one pixel" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_a_sixteen_bit_png_is_classified_with_its_real_brightness(client, galaxy_png):

@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from galaxy_class.data import open_galaxy10, read_images
-from galaxy_class.serve import MAX_JPEG_PIXELS, MAX_PIXELS, bind, create_app
+from galaxy_class.serve import bind, create_app
+from galaxy_class.uploads import MAX_JPEG_PIXELS, MAX_PIXELS
 from galaxy_class.server import THREADS
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from Linux's /proc")
@@ -215,6 +216,23 @@ def test_every_refusal_is_json_with_its_status(server):
     assert status == 404 and result["error"]
     status, _, result = server.upload(encode(Image.new("L", (20000, 10000)), "PNG"), "huge.png")  # over PIL's own limit
     assert status == 400 and "huge.png: too large" in result["error"]
+
+
+def test_a_form_of_many_parts_or_with_a_long_text_field_is_refused_for_what_it_is(server, galaxy):
+    upload, content_type = multipart("galaxy.png", encode(galaxy, "PNG"))
+
+    def field(name, value):
+        return f'--galaxyboundary\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+
+    many = b"".join(field(f"f{i}", "x") for i in range(2000))
+    status, _, result = server.request("POST", "/api/classify", many + upload, {"Content-Type": content_type})
+    assert status == 413 and result["error"].startswith("the form has more than 16 parts"), result
+    status, _, result = server.request("POST", "/api/classify", field("crop_fraction", "5" * 600_000) + upload,
+                                       {"Content-Type": content_type})
+    assert status == 413 and result["error"].startswith("a text field of the form is longer than 500 kB"), result
+    status, _, result = server.request("POST", "/api/classify", field("crop_fraction", "0.5") + upload,
+                                       {"Content-Type": content_type})
+    assert status == 200 and "central 0.5" in result["preprocessing"]
 
 
 def test_a_large_upload_and_its_answer_never_touch_a_temporary_file(tiny_run, monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 from galaxy_class import GalaxyClassError
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.evaluate import evaluate
-from galaxy_class.train import class_weights, load_run, run_state, train
+from galaxy_class.runs import load_run, run_state
+from galaxy_class.train import class_weights, train
 
 
 def test_run_folder_holds_model_settings_split_history_and_metrics(tiny_run, sample_file):
@@ -79,8 +80,10 @@ def test_killed_run_resumes_where_it_stopped_and_ends_with_the_same_epochs(tmp_p
     with pytest.raises(KeyboardInterrupt):
         train(config, run, verbose=0, callbacks=[KillAfter(4)])  # stage 1 done, 2 of 3 fine-tuning epochs
     assert run_state(run) == "unfinished"
+    with pytest.raises(GalaxyClassError, match=r"unfinished run with other settings \(epochs: 2 -> 9; seed: 0 -> 5\)"):
+        train(config.replace(epochs=9, seed=5), run, verbose=0)
     counter = KillAfter(0)
-    train(config.replace(epochs=9, seed=5), run, verbose=0, callbacks=[counter])  # saved settings win
+    train(config, run, verbose=0, callbacks=[counter])
     assert counter.epochs == 1, "only the last fine-tuning epoch was left to run"
     history = json.loads((run / "history.json").read_text())
     assert (history["epochs_stage1"], history["epochs_stage2"]) == (2, 3)
@@ -146,3 +149,27 @@ def test_stop_after_stage1_then_continue_finishes_the_same_run(tmp_path, tiny_co
     assert counter.epochs == tiny_config.fine_tune_epochs and run_state(run) == "finished"
     assert metrics == json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "history.json").read_text())["resumed_at_epochs"] == [], "a pause is not a resume"
+
+
+def test_the_stage_with_the_lower_best_validation_loss_wins_later_on_a_tie_and_never_nan():
+    from galaxy_class.checkpoints import best_stage
+
+    rows = lambda *losses: [{"val_loss": loss} for loss in losses]  # noqa: E731
+    assert best_stage({"stage1": rows(0.9, 0.5, 0.6), "stage2": rows(0.7, 0.55)}) == "stage1"
+    assert best_stage({"stage1": rows(0.9, 0.5), "stage2": rows(0.7, 0.5)}) == "stage2"
+    assert best_stage({"stage1": rows(0.9, 0.5), "stage2": rows(float("nan"))}) == "stage1"
+    assert best_stage({"stage1": rows(0.9), "stage2": []}) == "stage1"
+
+
+def test_fine_tuning_that_ends_worse_than_the_head_keeps_the_heads_best_weights(tmp_path, tiny_config):
+    head_only = tmp_path / "head"
+    train(tiny_config.replace(fine_tune_epochs=0, tta=False), head_only, verbose=0)
+    run = tmp_path / "run"
+    train(tiny_config.replace(fine_tune_epochs=2, fine_tune_learning_rate=50.0, tta=False), run, verbose=0)
+    history = json.loads((run / "history.json").read_text())
+    assert history["best_stage"] == "stage1" and history["epochs_stage2"] >= 1
+    assert min(history["val_loss"][history["fine_tune_start_epoch"]:]) > min(history["val_loss"][:1])
+    (a, _, _), (b, _, _) = load_run(head_only), load_run(run)
+    for x, y in zip(a.weights, b.weights):
+        if "probabilities" not in x.path:  # the head's last layer carries each run's own temperature
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
