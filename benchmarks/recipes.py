@@ -12,6 +12,10 @@ seeds give different test galaxies: the pooled line sums the confusion matrices 
 several times the Mergers one test split does (8 on the development file). Under the table, each pooled
 line's 95% interval from test-galaxy sampling alone (training noise comes on top). Wall times are of this
 machine and of whatever else ran on it: compare them within one table.
+
+Choose between recipes on the validation columns (each run's validation split, scored like its test split);
+the test columns then report the chosen recipe on galaxies that took no part in the choice. A choice made on
+the test columns makes them the score of a winner on the galaxies that picked it.
 """
 
 import argparse
@@ -58,8 +62,26 @@ def run_recipe(name, settings, data, seed, root):
         timing.write_text(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())
-    return {**metrics, "seconds": json.loads(timing.read_text())["seconds"],
+    return {**metrics, "seconds": json.loads(timing.read_text())["seconds"], "validation": validation(run_dir),
             "epochs": f"{history['epochs_stage1']} + {history['epochs_stage2']}"}
+
+
+def validation(run_dir):
+    """The run's scores on its validation split (as on the test split: its views, calibrated), cached beside it:
+    what recipes are chosen on, so that the test split stays untouched by the choice."""
+    cached = Path(run_dir) / "validation.json"
+    if not cached.exists():
+        from galaxy_class.data import open_galaxy10
+        from galaxy_class.evaluate import evaluate
+        from galaxy_class.predict import graph_mode
+        from galaxy_class.runs import load_run
+
+        model, config, split = load_run(run_dir)
+        g = open_galaxy10(config.data_path or config.data)
+        scores = evaluate(graph_mode(model), g, split["val"], config.class_names, tta=config.tta)
+        cached.write_text(json.dumps({k: scores[k] for k in ("n", "accuracy", "macro_f1", "log_loss",
+                                                            "confusion_matrix")}) + "\n")
+    return json.loads(cached.read_text())
 
 
 def pooled(results, class_names):
@@ -108,14 +130,16 @@ def main(argv=None):
         for seed, r in zip(args.seeds, results):
             s = r["per_class"].get(args.rare, {})
             found = round(s.get("recall", 0) * s.get("support", 0))
-            rows.append((name, str(seed), r["accuracy"], r["macro_f1"], f"{found} / {s.get('support', 0)}",
-                         r["epochs"], f"{r['seconds'] / 60:.1f} min"))
+            v = r["validation"]
+            rows.append((name, str(seed), v["accuracy"], v["macro_f1"], r["accuracy"], r["macro_f1"],
+                         f"{found} / {s.get('support', 0)}", r["epochs"], f"{r['seconds'] / 60:.1f} min"))
         if len(results) > 1:
             p = pooled(results, names)
+            v = pooled([r["validation"] for r in results], names)
             found, n = p["found"].get(args.rare, (0, 0))
             minutes = np.mean([r["seconds"] for r in results]) / 60
-            rows.append((name, "pooled", p["accuracy"], p["macro_f1"], f"{found} / {n}", "",
-                         f"{minutes:.1f} min (mean)"))
+            rows.append((name, "pooled", v["accuracy"], v["macro_f1"], p["accuracy"], p["macro_f1"],
+                         f"{found} / {n}", "", f"{minutes:.1f} min (mean)"))
             intervals.append((name, *p["interval"]))
         print_table(rows, args.rare)  # after each recipe, so a long sweep shows what it has so far
         print_intervals(intervals)
@@ -130,10 +154,12 @@ def print_intervals(intervals):
 
 
 def print_table(rows, rare):
-    print(f"\n| recipe | seed | accuracy | macro-F1 | {rare}s found | epochs | wall time |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, seed, acc, f1, found, epochs, wall in rows:
-        print(f"| {name} | {seed} | {acc:.3f} | {f1:.3f} | {found} | {epochs} | {wall} |", flush=True)
+    print(f"\n| recipe | seed | validation accuracy | validation macro-F1 | test accuracy | test macro-F1 | "
+          f"{rare}s found (test) | epochs | wall time |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, seed, val_acc, val_f1, acc, f1, found, epochs, wall in rows:
+        print(f"| {name} | {seed} | {val_acc:.3f} | {val_f1:.3f} | {acc:.3f} | {f1:.3f} | {found} | {epochs} | {wall} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -239,12 +239,14 @@ def make_dataset(
     first_epoch: int = 0,
     source=None,
     targets=None,
+    sample_weights=None,
     shift_zoom: float = 0.0,
     colour: float = 0.0,
 ):
     """Batches of (uint8 images (b, H, W, 3), int32 labels (b,)) from `source` (open_images; default: streamed
     from the file); with `targets` (an array (images in the file, K) of float32), each batch's rows of it in
-    place of the labels (soft targets, e.g. a teacher's probabilities).
+    place of the labels (soft targets, e.g. a teacher's probabilities); with `sample_weights` (an array (images
+    in the file,) of float32), each batch's rows of it as a third element, the loss weight of each image.
 
     With shuffle, pass e over the data is permutation (seed, first_epoch + e); with augment, each image gets
     one of the 8 dihedral transforms at random, also seeded by it. A resumed run passes its epochs done as
@@ -270,17 +272,20 @@ def make_dataset(
         jitters = [jitter.draw(rng, len(batch), shift_zoom, colour) for batch in batches] if jittered else None
         for b, (batch, images) in enumerate(zip(batches, read_batches(source, batches, views))):
             second = g.labels[batch] if targets is None else targets[batch]
-            yield (images, second, jitters[b]) if jittered else (images, second)
+            weights = () if sample_weights is None else (sample_weights[batch],)
+            yield (images, second, *weights, jitters[b]) if jittered else (images, second, *weights)
 
     size = batch_size if drop_remainder else None
     second = (tf.TensorSpec((size,), tf.int32) if targets is None
               else tf.TensorSpec((size, targets.shape[1]), tf.float32))
     signature = (tf.TensorSpec((size, *g.image_shape), tf.uint8), second)
+    if sample_weights is not None:
+        signature += (tf.TensorSpec((size,), tf.float32),)
     if jittered:
         signature += (tf.TensorSpec((size, jitter.PARAMETERS), tf.float32),)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
     if jittered:
-        dataset = dataset.map(lambda images, second, params: (jitter.apply(images, params), second))
+        dataset = dataset.map(lambda images, *rest: (jitter.apply(images, rest[-1]), *rest[:-1]))
     # A known length lets Keras show progress and size its epochs from the first one.
     n_batches = len(indices) // batch_size if drop_remainder else -(-len(indices) // batch_size)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(n_batches))

@@ -14,9 +14,14 @@ from galaxy_class.runs import run_config
 
 
 def cmd_inspect(args):
+    from galaxy_class import integrity
     from galaxy_class.data import describe, open_galaxy10
 
-    print(describe(open_galaxy10(args.source)))
+    g = open_galaxy10(args.source)
+    print(describe(g))
+    found = integrity.check(g, tolerance_arcsec=args.tolerance, progress=sys.stderr.isatty())
+    print("integrity:")
+    print("\n".join(f"  {line}" for line in found.summary()))
 
 
 def cmd_train(args):
@@ -54,10 +59,15 @@ def cmd_evaluate(args):
         raise GalaxyClassError(f"{g.path}: its images are {g.image_shape[0]}x{g.image_shape[1]} pixels, but the model "
                                f"in {args.run_dir} takes {config.input_shape[0]}x{config.input_shape[1]}")
     own_data = Path(g.path).resolve() == Path(config.data_path).resolve()
-    indices = split["test"] if own_data else range(g.n)
+    indices, part, seen = (split["test"], "test", None) if own_data else (range(g.n), "all", _overlap(config, split, g))
+    if seen is not None and not args.all:
+        indices, part = seen.unseen, "unseen"
+        if not len(indices):
+            raise GalaxyClassError(f"{g.path}: the run has seen all of its galaxies (or they are blank); --all scores "
+                                   f"them anyway")
     tta = config.tta if args.tta is None else args.tta
     metrics = evaluate(model, g, list(indices), config.class_names, tta=tta)
-    metrics.update(split="test" if own_data else "all", data=str(g.path))
+    metrics.update(split=part, data=str(g.path), **({"overlap": seen.to_dict()} if seen is not None else {}))
     print(report(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
@@ -107,7 +117,7 @@ def _catalogue(args):
         raise GalaxyClassError("--json prints results for image files; a catalogue is written to --out")
     if not Path(args.data).exists():
         raise GalaxyClassError(f"{args.data}: no such file or folder")
-    model, config, _ = _load(args.run_dir)
+    model, config, split = _load(args.run_dir)
     from galaxy_class.catalogue import write_catalogue
 
     weights = Path(args.run_dir) if Path(args.run_dir).suffix == ".tflite" else Path(args.run_dir) / "model.keras"
@@ -115,6 +125,10 @@ def _catalogue(args):
                         overwrite=args.overwrite, progress=sys.stderr.isatty(), crop_fraction=args.crop_fraction,
                         model_id=f"{weights.resolve()} {weights.stat().st_mtime_ns}")
     print(f"Wrote {args.out}: {n:,} galaxies")
+    if Path(args.data).is_file():
+        from galaxy_class.data import open_galaxy10
+
+        _overlap(config, split, open_galaxy10(args.data))
 
 
 def cmd_serve(args):
@@ -139,10 +153,47 @@ def cmd_make_dataset(args):
     made = make_dataset(args.folder, args.out, args.labels, like=args.like, class_names=args.class_names,
                         size=args.size, raw_size=args.raw_size, crop=args.crop, resample=args.resample,
                         allow_outside=args.allow_outside_folder)
+    from galaxy_class import integrity
+
     print(f"Wrote {made.path}")
-    print(describe(open_galaxy10(made.path)))
-    for note in made.notes():
+    g = open_galaxy10(made.path)
+    print(describe(g))
+    notes = list(made.notes())
+    found = integrity.check(g)
+    if found.pixel_groups or len(found.position_pairs) or len(found.blank):
+        notes += [line for line in found.summary() if not line.endswith(": none")]
+    if args.like:
+        like = open_galaxy10(args.like)
+        shared = integrity.overlap(like, range(like.n), g)
+        if len(shared.seen):
+            notes.append(f"{len(shared.seen)} of its {g.n} galaxies are already in {args.like} (by pixels "
+                         f"{len(shared.by_pixels)}" + ("" if shared.by_position is None else
+                                                       f", by sky position {len(shared.by_position)}") + ")")
+    for note in notes:
         print(f"note: {note}", file=sys.stderr)
+
+
+def _overlap(config, split, other):
+    """How many of `other`'s galaxies the run trained or validated on (integrity.overlap), said on stderr; None
+    where the run's own data file is not at hand to compare with."""
+    import numpy as np
+
+    from galaxy_class import integrity
+    from galaxy_class.data import open_galaxy10
+
+    try:
+        own = open_galaxy10(Path(config.data_path)) if config.data_path else None
+    except GalaxyClassError:
+        own = None
+    seen_by_run = np.concatenate([split["train"], split["val"]])
+    if own is None or own.n <= seen_by_run.max(initial=-1):
+        print(f"note: {other.path}: the run's own data file ({config.data_path or 'not recorded'}) is not here, so "
+              f"which of its galaxies the run has seen cannot be checked", file=sys.stderr)
+        return None
+    found = integrity.overlap(own, seen_by_run, other, progress=sys.stderr.isatty())
+    for line in found.summary():
+        print(f"note: {line.strip()}", file=sys.stderr)
+    return found
 
 
 def _views(args, config):
@@ -211,8 +262,10 @@ def build_parser():
                               formatter_class=_HelpFormatter, epilog=_examples(*examples), **options)
 
     p = command("inspect", "image count, shape, class names and counts of a data source",
-                ["galaxy-class inspect sample", "galaxy-class inspect galaxy10_decals   # downloads it first"])
+                ["galaxy-class inspect sample", "galaxy-class inspect galaxy10_decals --tolerance 2   # downloads it first"])
     p.add_argument("source", help="sample, galaxy10_decals, galaxy10_sdss or a path to a Galaxy10-schema HDF5")
+    p.add_argument("--tolerance", type=float, default=1.0, metavar="ARCSEC",
+                   help="rows closer than this on the sky count as one galaxy (files with ra and dec columns)")
     p.set_defaults(func=cmd_inspect)
 
     p = command("train", "train and fine-tune a model into a run folder",
@@ -274,7 +327,10 @@ def build_parser():
                 ["galaxy-class evaluate models/mobilenet_gz1 --data ../shared/data/gz1_sdss_dev.h5",
                  "galaxy-class evaluate runs/mobilenet --json metrics.json --figures figures/"])
     p.add_argument("run_dir", type=Path, help=RUN_HELP)
-    p.add_argument("--data", help="default: the run's own data (its saved test split); any other file: all of it")
+    p.add_argument("--data", help="default: the run's own data (its saved test split); another file: its galaxies "
+                                  "the run was neither trained nor validated on")
+    p.add_argument("--all", action="store_true",
+                   help="with --data: score every galaxy of the file, also those the run has seen")
     p.add_argument("--json", type=Path, help="write the metrics to this JSON file")
     p.add_argument("--figures", type=Path, help="write the confusion matrix PNG into this folder")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -46,6 +46,8 @@ class Config:
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    cv_folds: int = 0                 # cross-validation: the test split is fold cv_fold of cv_folds (0: no folds)
+    cv_fold: int = 0
     steps_per_epoch: int = 0          # 0 = whole training split; a few steps for a quick smoke run
     precision: str = "auto"           # auto | float32 | mixed_float16 | mixed_bfloat16 (auto: models.choose_precision)
     cache: str = "auto"               # auto | ram | stream: images held in memory or read as needed (auto: by size)
@@ -55,6 +57,7 @@ class Config:
     data_path: str = ""
     cutout: dict = field(default_factory=dict)  # how the data's images were cut from raw cutouts (cutout.py)
     dtype_policy: str = ""            # the precision the run trains in ("": float32, runs made before the setting)
+    integrity: dict = field(default_factory=dict)  # duplicates grouped and blank images left out (integrity.py)
 
     def save(self, path):
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")

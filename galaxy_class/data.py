@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from h5py._objects import phil as H5PY_LOCK
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from galaxy_class.download import DATASETS, download
 from galaxy_class.errors import GalaxyClassError, first_line
@@ -415,13 +415,17 @@ def describe(g: Galaxy10File) -> str:
 
 
 def split_indices(labels, seed: int = 0, fractions=(0.8, 0.1, 0.1), groups=None,
-                  leave_out=None) -> dict[str, np.ndarray]:
+                  leave_out=None, fold=None) -> dict[str, np.ndarray]:
     """Seeded stratified train/val/test split of range(len(labels)): sorted, disjoint int64 index arrays.
 
     Images sharing a `groups` id (integrity.check's group_ids: duplicates) land in the same part, and `leave_out`
     indices (blank images) in none. Without a group of two or more, the split is the plain stratified one, in which
-    classes too small to stratify (one member in the part being split) are placed at random.
+    classes too small to stratify (one member in the part being split) are placed at random. With `fold` (k, n),
+    the test part is fold k of n stratified folds (cross-validation; its fraction replaces the third of
+    `fractions`), and validation is carved from the rest as before.
     """
+    if fold is not None:
+        return _fold_split(np.asarray(labels), seed, fractions[1], groups, leave_out, *fold)
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise GalaxyClassError(f"split fractions {fractions}: need three positive fractions summing to 1")
     labels = np.asarray(labels)
@@ -447,6 +451,28 @@ def split_indices(labels, seed: int = 0, fractions=(0.8, 0.1, 0.1), groups=None,
     except ValueError as err:  # a part would be empty
         what = f"{len(kept)} images" + (" in groups of duplicates" if grouped else "")
         raise GalaxyClassError(f"cannot split {what} into train/val/test {fractions} ({err})") from err
+    return {name: np.sort(part).astype(np.int64) for name, part in zip(SPLITS, (train, val, test))}
+
+
+def _fold_split(labels, seed, val_fraction, groups, leave_out, k, n):
+    """Fold k of n stratified folds (grouped where `groups` has copies) as the test part; validation, as
+    `val_fraction` of all images, carved from the other folds with the same seed."""
+    if not (n >= 2 and 0 <= k < n and 0 < val_fraction < 1 - 1 / n):
+        raise GalaxyClassError(f"cross-validation fold {k} of {n} with validation fraction {val_fraction}: need n of "
+                               f"at least 2, 0 <= k < n, and room for a validation part")
+    kept = np.setdiff1d(np.arange(len(labels)), np.asarray([] if leave_out is None else leave_out, np.int64))
+    grouped = groups is not None and len(np.unique(np.asarray(groups)[kept])) < len(kept)
+    if grouped:
+        folds = StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(kept, labels[kept],
+                                                                             np.asarray(groups)[kept])
+    else:
+        folds = StratifiedKFold(n, shuffle=True, random_state=seed).split(kept, labels[kept])
+    rest, test = (kept[part] for part in next(itertools.islice(folds, k, None)))
+    share = val_fraction / (1 - 1 / n)
+    if grouped:
+        train, val = _grouped_split(rest, labels, np.asarray(groups), share, seed)
+    else:
+        train, val = _stratified_split(rest, labels[rest], share, seed)
     return {name: np.sort(part).astype(np.int64) for name, part in zip(SPLITS, (train, val, test))}
 
 

@@ -188,8 +188,22 @@ class Integrity:
                          f"{_plural(sum(map(len, self.groups)), 'image')}")
         return lines
 
+    def split_note(self) -> str:
+        """One line on what shaped the split."""
+        grouped = (f"{_plural(len(self.groups), 'group')} of copies ({_plural(sum(map(len, self.groups)), 'image')}) "
+                   f"each kept in one part of the split") if self.groups else "no copies of one galaxy"
+        blank = f"{_plural(len(self.blank), 'blank image')} left out" if len(self.blank) else "no blank image"
+        checked = "" if self.positions_checked else " (sky positions not checked: no ra/dec columns)"
+        return f"{grouped}; {blank}{checked}"
+
+    def run_record(self) -> dict:
+        """What a run saves in config.json: the counts and the summary lines (the indices go to split.npz)."""
+        record = self.to_dict()
+        return {"tolerance_arcsec": record["tolerance_arcsec"], "positions_checked": record["positions_checked"],
+                "counts": record["counts"], "summary": self.summary()}
+
     def to_dict(self) -> dict:
-        """Counts and indices as JSON-ready values, for config.json."""
+        """Counts and indices as JSON-ready values."""
         def lists(groups):
             return [[int(i) for i in group] for group in groups]
 

@@ -34,7 +34,7 @@ RUN_FILES = ["config.json", "split.npz", "model.keras", "history.json", "calibra
 OLD_RUN_FILES = [f"{prefix}{s}.weights.h5" for s in STAGES for prefix in ("", "best_")]
 LOCK = ".lock"
 # Settings derived from the data when a run starts, not chosen by the user.
-DERIVED = ("class_names", "input_shape", "data_path", "cutout", "dtype_policy")
+DERIVED = ("class_names", "input_shape", "data_path", "cutout", "dtype_policy", "integrity")
 # Settings that change how fast a run goes, not what it computes.
 SPEED_ONLY = ("cache",)
 

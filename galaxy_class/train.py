@@ -5,6 +5,7 @@ committed to the run folder (runs.py) with the stage's training state (checkpoin
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from galaxy_class import calibration, distill, evaluate, predict
+from galaxy_class import calibration, distill, evaluate, integrity, predict
 from galaxy_class.batches import check_cache, make_dataset, open_images
 from galaxy_class.checkpoints import (StageCheckpoint, best_epoch, best_stage, end_stage, load_state, resume_stage,
                                      stage_over, state_file)
@@ -95,10 +96,15 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
         clear_run(run_dir)
 
     g = open_galaxy10(config.data)
-    split = split_indices(g.labels, seed=config.seed,
-                          fractions=(1 - config.val_fraction - config.test_fraction,
-                                     config.val_fraction, config.test_fraction))
     config.check()
+    # Copies of one galaxy stay in one part of the split, and blank images in none (integrity.py).
+    found = integrity.check(g, progress=bool(verbose) and sys.stderr.isatty())
+    split = split_indices(g.labels, seed=config.seed, groups=found.group_ids, leave_out=found.left_out,
+                          fractions=(1 - config.val_fraction - config.test_fraction,
+                                     config.val_fraction, config.test_fraction),
+                          fold=(config.cv_fold, config.cv_folds) if config.cv_folds else None)
+    if verbose:
+        print(f"Duplicates and blank images: {found.split_note()}.")
     if config.teacher:  # before anything is written: a teacher that cannot be used leaves no run behind
         distill.check_teacher(config.teacher, g.class_names, split, config.teacher_weight)
     recipe = read_recipe(g.path, g.source, g.image_shape[0], len(g.class_names))
@@ -107,9 +113,11 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
     if verbose:
         print(f"Precision: {policy} ({why}).")
     config = config.replace(class_names=list(g.class_names), input_shape=list(g.image_shape), data_path=str(g.path),
-                            cutout=recipe.to_dict() if recipe else {}, dtype_policy=policy)
+                            cutout=recipe.to_dict() if recipe else {}, dtype_policy=policy,
+                            integrity=found.run_record())
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_split(split, run_dir / "split.npz")
+    shaped = bool(found.groups) or len(found.left_out) > 0
+    save_split(split, run_dir / "split.npz", *((found.left_out, found.group_ids) if shaped else ()))
     atomic(config.save, run_dir / "config.json")  # last: its presence marks a run that can resume
     return config, g, split
 
@@ -134,15 +142,18 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
     # Distilled: the training targets mix the labels with the teacher's probabilities; validation (early
     # stopping) and everything after training still score against the labels alone.
     targets = distill.teacher_targets(config.teacher, g, split, config.teacher_weight) if config.teacher else None
+    weights = class_weights(g.labels[split["train"]], num_classes, config.class_weight)
+    # Keras would weight a soft target by its largest share, the teacher's class: weight by the true label.
+    per_image = (np.asarray([weights[k] for k in range(num_classes)], np.float32)[g.labels]
+                 if targets is not None and weights else None)
     train_ds = make_dataset(g, split["train"], batch, shuffle=True, augment=config.augment, seed=config.seed,
-                            first_epoch=epochs_done, source=images, targets=targets,
+                            first_epoch=epochs_done, source=images, targets=targets, sample_weights=per_image,
                             shift_zoom=config.shift_zoom, colour=config.colour_jitter)
     val_ds = make_dataset(g, split["val"], batch, source=images)
     if config.steps_per_epoch:
         train_ds, val_ds = train_ds.take(config.steps_per_epoch), val_ds.take(config.steps_per_epoch)
     train_ds, val_ds = (train_ds if targets is not None else train_ds.map(one_hot)), val_ds.map(one_hot)
     steps = config.steps_per_epoch or -(-len(split["train"]) // batch)
-    weights = class_weights(g.labels[split["train"]], num_classes, config.class_weight)
     pretrained = config.weights not in ("none", None)
 
     with strategy.scope():
@@ -172,7 +183,7 @@ def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose
             # Not Keras' BackupAndRestore: the epoch it restores stays set on the model for every later fit,
             # so a run resumed in stage 1 skipped that many epochs of stage 2.
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=len(rows),
-                      class_weight=weights, verbose=0, shuffle=False,
+                      class_weight=None if per_image is not None else weights, verbose=0, shuffle=False,
                       callbacks=[*swap, StageCheckpoint(folder, log, config.patience), *lines, *callbacks])
             rows = read_csv(log)
         with strategy.scope():

@@ -71,8 +71,14 @@ def test_evaluate_writes_json_and_confusion_figure(capsys, tiny_run, tmp_path):
     assert (tmp_path / "mobilenet_confusion_matrix.png").stat().st_size > 10_000
 
 
-def test_evaluate_on_another_file_uses_all_of_it(capsys, tiny_run, dev_file, tmp_path):
-    code, _, _ = run_cli(capsys, "evaluate", tiny_run, "--data", dev_file, "--json", tmp_path / "m.json")
+def test_evaluate_on_another_file_scores_the_galaxies_the_run_has_not_seen_or_with_all_every_one(capsys, tiny_run,
+                                                                                                  dev_file, tmp_path):
+    seen = sum(len(load_run(tiny_run)[2][part]) for part in ("train", "val"))  # the sample is part of the dev file
+    code, _, err = run_cli(capsys, "evaluate", tiny_run, "--data", dev_file, "--json", tmp_path / "m.json")
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert code == 0 and m["split"] == "unseen" and m["n"] == 4608 - seen and m["overlap"]["seen"] == seen
+    assert f"{seen} of its 4608 images" in err
+    code, _, _ = run_cli(capsys, "evaluate", tiny_run, "--data", dev_file, "--all", "--json", tmp_path / "m.json")
     m = json.loads((tmp_path / "m.json").read_text())
     assert code == 0 and m["split"] == "all" and m["n"] == 4608
 

@@ -68,11 +68,15 @@ def test_a_bfloat16_run_records_its_precision_and_saves_a_float32_model(tmp_path
     assert heatmaps.shape == (2, 69, 69) and np.isfinite(heatmaps).all()
 
 
-def test_a_float16_run_paused_after_stage1_resumes_in_float16(tmp_path, tiny_config):
+def test_a_float16_run_paused_after_stage1_resumes_in_float16(tmp_path, tiny_config, monkeypatch):
+    import galaxy_class.train
+
     run = tmp_path / "run"
-    config = tiny_config.replace(precision="mixed_float16")
-    assert train(config, run, verbose=0, stop_after="stage1") is None
-    # Resumed where float16 is not what auto would choose: the run keeps the precision it started in.
-    metrics = train(config.replace(precision="auto"), run, verbose=0)
+    config = tiny_config.replace(precision="auto")
+    with monkeypatch.context() as patch:  # started where auto chooses float16 (a CUDA GPU)
+        patch.setattr(galaxy_class.train, "choose_precision", lambda precision, model: ("mixed_float16", "a GPU"))
+        assert train(config, run, verbose=0, stop_after="stage1") is None
+    # Resumed where auto chooses float32 (this CPU): the run keeps the precision it started in.
+    metrics = train(config, run, verbose=0)
     assert run_state(run) == "finished" and metrics["n"] > 0
     assert json.loads((run / "config.json").read_text())["dtype_policy"] == "mixed_float16"

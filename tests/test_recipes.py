@@ -2,6 +2,7 @@
 a moving average of the weights."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,46 @@ def test_pooled_scores_and_their_sampling_interval_match_scikit_learn_on_each_ma
     # Four times the galaxies in the same proportions: about half the width.
     (narrow_low, narrow_high), _ = recipes.interval(4 * matrices[0])
     assert 0.4 < (narrow_high - narrow_low) / (acc_high - acc_low) < 0.6
+
+
+@pytest.mark.parametrize("shift_zoom", [0.0, 0.1])
+def test_distilled_batches_carry_each_images_class_weight_by_its_true_label(sample_file, shift_zoom):
+    import tensorflow as tf
+
+    from galaxy_class.batches import make_dataset
+    from galaxy_class.data import open_galaxy10
+
+    g = open_galaxy10(sample_file)
+    indices = np.arange(0, 200)
+    targets = np.zeros((g.n, 4), np.float32)
+    targets[:, 3] = 1.0  # a teacher sure that every galaxy is a Merger
+    weights = np.array([0.5, 2.0, 1.5, 9.0], np.float32)[g.labels]
+    batches = list(make_dataset(g, indices, 64, shuffle=True, seed=1, targets=targets, sample_weights=weights,
+                                shift_zoom=shift_zoom))
+    plain = list(make_dataset(g, indices, 64, shuffle=True, seed=1, shift_zoom=shift_zoom))
+    for (images, soft, w), (same_images, labels) in zip(batches, plain, strict=True):
+        np.testing.assert_array_equal(images, same_images)
+        np.testing.assert_array_equal(w, np.array([0.5, 2.0, 1.5, 9.0], np.float32)[np.asarray(labels)])
+        assert soft.dtype == tf.float32 and np.all(np.asarray(soft)[:, 3] == 1)
+
+
+def test_cross_validation_tests_every_galaxy_exactly_once_and_summarises_the_folds(sample_file, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import crossval
+
+    from galaxy_class.data import load_split
+
+    tiny = "tiny:model=mobilenet,weights=none,image_size=32,epochs=1,fine_tune_epochs=0,steps_per_epoch=2,tta=false"
+    (name, values, p, _, _), = crossval.main(["--data", str(sample_file), "--folds", "3", "--recipe", tiny,
+                                              "--root", str(tmp_path)])
+    splits = [load_split(tmp_path / f"tiny-f{k}-s0" / "split.npz") for k in range(3)]
+    tests = np.concatenate([s["test"] for s in splits])
+    assert np.array_equal(np.sort(tests), np.arange(open_galaxy10(sample_file).n))
+    for s in splits:
+        assert not set(s["test"]) & (set(s["train"]) | set(s["val"])) and len(s["val"]) == round(0.1 * 1536)
+    assert name == "tiny" and len(values["accuracy"]) == 3
+    metrics = [json.loads((tmp_path / f"tiny-f{k}-s0" / "metrics.json").read_text()) for k in range(3)]
+    assert values["accuracy"].mean() == pytest.approx(np.mean([m["accuracy"] for m in metrics]))
+    assert f"{values['accuracy'].mean():.3f} ± {values['accuracy'].std(ddof=1):.3f}" in capsys.readouterr().out
