@@ -5,7 +5,7 @@
 For each run folder: the probabilities of every view of its validation and test galaxies (the run's own
 temperature undone, so they are the uncalibrated model's), then the test split's ECE (15 bins) and log-loss of
 the 8-view mean (a) uncalibrated, (b) with a temperature fitted on the validation split's one-view
-probabilities (what runs did before), (c) fitted on the validation split's 8-view means (what runs do now),
+probabilities (what runs did before), (c) fitted on the validation split's 8-view means,
 (d) fitted on the validation split's 8-view means and kept only if it lowers the log-loss of validation
 galaxies left out of its fit (`calibration.choose_temperature`, what runs do now), (e) fitted on the test split
 itself (the best one temperature can do there, for reference), and (f) the ECE that perfectly calibrated

@@ -74,6 +74,8 @@ def describe_temperature(calibrated):
     check = calibrated.get("check", {})
     if check.get("kept", True):
         return f"temperature {calibrated['temperature']:.2f}, fitted on the validation split"
+    if "why" in check:
+        return f"no temperature: {check['why']}"
     return (f"no temperature: T = {check['fitted']:.2f} fitted on the validation split did not lower the log-loss "
             f"of validation galaxies left out of its fit by more than chance")
 

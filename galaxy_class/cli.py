@@ -9,7 +9,7 @@ from pathlib import Path
 
 from galaxy_class.config import BATCHNORM_MODES, SHIFT_ZOOM
 from galaxy_class.errors import GalaxyClassError
-from galaxy_class.quiet import native_logs_hidden
+from galaxy_class.quiet import native_logs_hidden, stderr_is_terminal
 from galaxy_class.runs import run_config
 
 
@@ -19,7 +19,7 @@ def cmd_inspect(args):
 
     g = open_galaxy10(args.source)
     print(describe(g))
-    found = integrity.check(g, tolerance_arcsec=args.tolerance, progress=sys.stderr.isatty())
+    found = integrity.check(g, tolerance_arcsec=args.tolerance, progress=stderr_is_terminal())
     print("integrity:")
     print("\n".join(f"  {line}" for line in found.summary()))
 
@@ -59,13 +59,21 @@ def cmd_evaluate(args):
         raise GalaxyClassError(f"{g.path}: its images are {g.image_shape[0]}x{g.image_shape[1]} pixels, but the model "
                                f"in {args.run_dir} takes {config.input_shape[0]}x{config.input_shape[1]}")
     own_data = Path(g.path).resolve() == Path(config.data_path).resolve()
-    indices, part, seen = (split["test"], "test", None) if own_data else (range(g.n), "all", _overlap(config, split, g))
-    if seen is not None and not args.all:
+    if own_data:
+        indices, part, seen = split["test"], "test", None
+    elif args.all:
+        indices, part, seen = range(g.n), "all", None
+    else:
+        seen = _overlap(config, split, g)
+        if seen is None:
+            raise GalaxyClassError(f"{g.path}: which of its galaxies the run has seen cannot be checked without the "
+                                   f"run's own data file ({config.data_path or 'not recorded'}); --all scores every "
+                                   f"one anyway")
         indices, part = seen.unseen, "unseen"
         if not len(indices):
             raise GalaxyClassError(f"{g.path}: the run has seen all of its galaxies (or they are blank); --all scores "
                                    f"them anyway")
-    tta = config.tta if args.tta is None else args.tta
+    tta = _views(args, config)
     metrics = evaluate(model, g, list(indices), config.class_names, tta=tta)
     metrics.update(split=part, data=str(g.path), **({"overlap": seen.to_dict()} if seen is not None else {}))
     print(report(metrics))
@@ -122,7 +130,7 @@ def _catalogue(args):
 
     weights = Path(args.run_dir) if Path(args.run_dir).suffix == ".tflite" else Path(args.run_dir) / "model.keras"
     n = write_catalogue(model, config, args.data, args.out, tta=_views(args, config), batch_size=args.batch_size,
-                        overwrite=args.overwrite, progress=sys.stderr.isatty(), crop_fraction=args.crop_fraction,
+                        overwrite=args.overwrite, progress=stderr_is_terminal(), crop_fraction=args.crop_fraction,
                         model_id=f"{weights.resolve()} {weights.stat().st_mtime_ns}")
     print(f"Wrote {args.out}: {n:,} galaxies")
     if Path(args.data).is_file():
@@ -183,14 +191,14 @@ def _overlap(config, split, other):
 
     try:
         own = open_galaxy10(Path(config.data_path)) if config.data_path else None
-    except GalaxyClassError:
+        seen_by_run = np.concatenate([split["train"], split["val"]])
+    except GalaxyClassError:  # the file is not here, or an exported file's split is not
         own = None
-    seen_by_run = np.concatenate([split["train"], split["val"]])
-    if own is None or own.n <= seen_by_run.max(initial=-1):
+    if own is None or own.n <= seen_by_run.max(initial=-1) or tuple(own.class_names) != tuple(config.class_names):
         print(f"note: {other.path}: the run's own data file ({config.data_path or 'not recorded'}) is not here, so "
               f"which of its galaxies the run has seen cannot be checked", file=sys.stderr)
         return None
-    found = integrity.overlap(own, seen_by_run, other, progress=sys.stderr.isatty())
+    found = integrity.overlap(own, seen_by_run, other, progress=stderr_is_terminal())
     for line in found.summary():
         print(f"note: {line.strip()}", file=sys.stderr)
     return found
@@ -324,7 +332,7 @@ def build_parser():
     p.set_defaults(func=cmd_train)
 
     p = command("evaluate", "metrics of a trained run on its test split or on another file",
-                ["galaxy-class evaluate models/mobilenet_gz1 --data ../shared/data/gz1_sdss_dev.h5",
+                ["galaxy-class evaluate runs/mobilenet --data my_galaxies.h5",
                  "galaxy-class evaluate runs/mobilenet --json metrics.json --figures figures/"])
     p.add_argument("run_dir", type=Path, help=RUN_HELP)
     p.add_argument("--data", help="default: the run's own data (its saved test split); another file: its galaxies "
@@ -346,7 +354,8 @@ def build_parser():
     p.add_argument("--data", type=Path, help="a catalogue of every galaxy of this HDF5 file or folder of images")
     p.add_argument("--out", type=Path, help="the catalogue to write: .csv, or .fits (needs astropy)")
     p.add_argument("--batch-size", type=_positive, default=256, help="galaxies classified at a time (catalogues)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished catalogue (the unfinished rows of the same catalogue are kept)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--one-view", dest="tta", action="store_false", default=None,
                    help="classify each image once instead of averaging the 8 flips and rotations the run was "
@@ -358,7 +367,7 @@ def build_parser():
     p.set_defaults(func=cmd_predict)
 
     p = command("export", "convert a trained run to TensorFlow Lite and compare it with the Keras model",
-                ["galaxy-class export models/mobilenet_gz1", "galaxy-class export runs/squeezenet --quantize float16"])
+                ["galaxy-class export runs/mobilenet", "galaxy-class export runs/squeezenet --quantize float16"])
     p.add_argument("run_dir", type=Path, help="a run folder")
     p.add_argument("--format", choices=["tflite"], default="tflite", help="the file format")
     p.add_argument("--quantize", choices=["none", "float16", "int8"], default="int8",

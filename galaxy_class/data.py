@@ -462,17 +462,22 @@ def _fold_split(labels, seed, val_fraction, groups, leave_out, k, n):
                                f"at least 2, 0 <= k < n, and room for a validation part")
     kept = np.setdiff1d(np.arange(len(labels)), np.asarray([] if leave_out is None else leave_out, np.int64))
     grouped = groups is not None and len(np.unique(np.asarray(groups)[kept])) < len(kept)
-    if grouped:
-        folds = StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(kept, labels[kept],
-                                                                             np.asarray(groups)[kept])
-    else:
-        folds = StratifiedKFold(n, shuffle=True, random_state=seed).split(kept, labels[kept])
-    rest, test = (kept[part] for part in next(itertools.islice(folds, k, None)))
-    share = val_fraction / (1 - 1 / n)
-    if grouped:
-        train, val = _grouped_split(rest, labels, np.asarray(groups), share, seed)
-    else:
-        train, val = _stratified_split(rest, labels[rest], share, seed)
+    try:
+        with warnings.catch_warnings():  # classes smaller than n: stratified as far as they go
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            if grouped:
+                folds = StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(kept, labels[kept],
+                                                                                     np.asarray(groups)[kept])
+            else:
+                folds = StratifiedKFold(n, shuffle=True, random_state=seed).split(kept, labels[kept])
+            rest, test = (kept[part] for part in next(itertools.islice(folds, k, None)))
+            share = val_fraction / (1 - 1 / n)
+            if grouped:
+                train, val = _grouped_split(rest, labels, np.asarray(groups), share, seed)
+            else:
+                train, val = _stratified_split(rest, labels[rest], share, seed)
+    except ValueError as err:
+        raise GalaxyClassError(f"cannot split {len(kept)} images into {n} cross-validation folds ({err})") from None
     return {name: np.sort(part).astype(np.int64) for name, part in zip(SPLITS, (train, val, test))}
 
 
@@ -493,6 +498,8 @@ def _grouped_split(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
     """(rest, test) of `indices`, test about `test_size` of them, stratified by label, no group in both."""
     n_groups = len(np.unique(groups[indices]))
     fraction = Fraction(test_size).limit_denominator(max(2, min(MAX_FOLDS, n_groups)))
+    if fraction.numerator == 0:  # a part smaller than the finest fold: one fold, not none (nor half the data)
+        fraction = Fraction(1, max(2, min(MAX_FOLDS, n_groups)))
     n_folds = max(2, fraction.denominator)
     taken = min(max(fraction.numerator, 1), n_folds - 1)
     folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)

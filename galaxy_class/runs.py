@@ -76,43 +76,52 @@ def load_run(run_dir):
 
 @contextlib.contextmanager
 def locked(run_dir):
-    """Hold `run_dir` for this process while the block runs: an OS lock on its .lock file, which the OS
-    releases however the process ends. Yields a function that writes who holds it into the file; another
-    process gets a GalaxyClassError naming that holder. A folder made here that holds nothing else afterwards
-    is removed again."""
+    """Hold `run_dir` for this process while the block runs: an OS lock on its .lock file, which the OS releases
+    however the process ends, and which says who holds it; another process gets a GalaxyClassError naming that
+    holder. A folder made here that holds nothing else afterwards is removed again."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise GalaxyClassError(f"{run_dir}: exists and is not a folder")
     made = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
-    with open(path, "a+") as f:  # opening for appending changes nothing in a folder that is only read
-        if not _try_lock(f):
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise GalaxyClassError(f"{run_dir}: in use by {holder}; wait until it ends, or choose another folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as e:
+        raise GalaxyClassError(f"{run_dir}: cannot write in it ({e.strerror})") from None
+    try:
+        with f:
+            if not _try_lock(f):
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise GalaxyClassError(f"{run_dir}: in use by {holder}; wait until it ends, or choose another "
+                                       f"folder")
+            _note(f, f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            try:
+                yield
+            finally:
+                _note(f, "")  # released: no stale holder is named later
+    finally:
+        if made and run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            path.unlink(missing_ok=True)
+            run_dir.rmdir()
 
-        def note_holder():
-            f.seek(0)
-            f.truncate()
-            f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            f.flush()
 
-        try:
-            yield note_holder
-        finally:
-            if made and [p.name for p in run_dir.iterdir()] == [LOCK]:
-                path.unlink()
-                run_dir.rmdir()
+def _note(f, holder):
+    f.seek(0)
+    f.truncate()
+    f.write(holder + "\n" if holder else "")
+    f.flush()
 
 
 def _try_lock(f):
     """Lock the open file `f` for this process without waiting; False if another process holds it."""
     try:
         import fcntl
-    except ImportError:  # Windows
+    except ImportError:  # Windows: a lock on the file's first byte, whatever it holds
         import msvcrt
 
+        f.seek(0)
         try:
             msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
         except OSError:

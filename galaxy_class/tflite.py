@@ -65,7 +65,7 @@ class TFLiteModel:
 
 
 def load_tflite(path):
-    """An exported file as (TFLiteModel, Config, split), like `train.load_run` for a run folder.
+    """An exported file as (TFLiteModel, Config, split), like `runs.load_run` for a run folder.
 
     The split is read from the run folder only when first used, so predicting needs just the file.
     """
@@ -91,7 +91,7 @@ class _RunSplit(Mapping):
                         return split
             raise GalaxyClassError(
                 f"{self._path}: cannot find the split of the run it was exported from (no matching split.npz "
-                f"in {' or '.join(map(str, folders))}); pass --data to evaluate on all of another file")
+                f"in {' or '.join(map(str, folders))}); pass --data FILE --all to evaluate on all of another file")
         return self._split
 
     def __getitem__(self, key):

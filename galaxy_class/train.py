@@ -5,7 +5,6 @@ committed to the run folder (runs.py) with the stage's training state (checkpoin
 """
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from galaxy_class.cutout import read_recipe
 from galaxy_class.data import load_split, open_galaxy10, save_split, split_indices
 from galaxy_class.errors import GalaxyClassError
 from galaxy_class.models import base_model, build_model, choose_precision
+from galaxy_class.quiet import stderr_is_terminal
 from galaxy_class.runs import (RUN_FILES, STAGES, atomic, clear_run, history_path, locked, note_pause, note_start,
                                read_csv, read_history, remove_backup, run_state, settings_differences, temporary,
                                write_json)
@@ -33,11 +33,11 @@ def train(config, run_dir, overwrite=False, callbacks=(), strategy=None, verbose
     `stop_after="stage1"` returns None once stage 1 is done; calling again continues the same run.
     """
     check_cache(config.cache)
-    with locked(run_dir) as note_holder:
-        return _train(config, Path(run_dir), overwrite, callbacks, strategy, verbose, stop_after, note_holder)
+    with locked(run_dir):
+        return _train(config, Path(run_dir), overwrite, callbacks, strategy, verbose, stop_after)
 
 
-def _train(config, run_dir, overwrite, callbacks, strategy, verbose, stop_after, note_holder):
+def _train(config, run_dir, overwrite, callbacks, strategy, verbose, stop_after):
     resuming = run_state(run_dir) == "unfinished" and not overwrite
     config = config.with_model_defaults()
     cache = config.cache  # how images are served changes no result: the one asked for now, not the saved one
@@ -47,7 +47,6 @@ def _train(config, run_dir, overwrite, callbacks, strategy, verbose, stop_after,
             print(f"{run_dir} holds a finished run with these settings: loaded, not retrained "
                   f"(overwrite=True or --overwrite retrains).")
         return None if stop_after else json.loads((run_dir / "metrics.json").read_text())
-    note_holder()
     for name in RUN_FILES:  # what a kill left half-written
         temporary(run_dir / name).unlink(missing_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -92,13 +91,11 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
         if state == "finished":
             return None, None, None
         return saved, open_galaxy10(saved.data_path or saved.data), load_split(run_dir / "split.npz")
-    if overwrite:
-        clear_run(run_dir)
 
     g = open_galaxy10(config.data)
     config.check()
     # Copies of one galaxy stay in one part of the split, and blank images in none (integrity.py).
-    found = integrity.check(g, progress=bool(verbose) and sys.stderr.isatty())
+    found = integrity.check(g, progress=bool(verbose) and stderr_is_terminal())
     split = split_indices(g.labels, seed=config.seed, groups=found.group_ids, leave_out=found.left_out,
                           fractions=(1 - config.val_fraction - config.test_fraction,
                                      config.val_fraction, config.test_fraction),
@@ -115,6 +112,8 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
     config = config.replace(class_names=list(g.class_names), input_shape=list(g.image_shape), data_path=str(g.path),
                             cutout=recipe.to_dict() if recipe else {}, dtype_policy=policy,
                             integrity=found.run_record())
+    if overwrite:  # only now that every check has passed: a refused run replaces nothing
+        clear_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     shaped = bool(found.groups) or len(found.left_out) > 0
     save_split(split, run_dir / "split.npz", *((found.left_out, found.group_ids) if shaped else ()))
@@ -123,8 +122,8 @@ def prepare_run(config, run_dir, overwrite=False, verbose=False):
 
 
 def fit_stages(config, g, split, run_dir, strategy, resuming, callbacks, verbose, stop_after):
-    """Run (or finish) both stages; returns the model with the best weights of the last stage, or None
-    when it stopped after `stop_after`."""
+    """Run (or finish) both stages; returns the model with the best weights of the stage whose best validation
+    loss was lowest, or None when it stopped after `stop_after`."""
     batch = config.batch_size * strategy.num_replicas_in_sync
     num_classes = len(config.class_names)
     done = {s: read_csv(history_path(run_dir, s)) for s in STAGES}

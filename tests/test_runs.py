@@ -15,8 +15,7 @@ from galaxy_class.train import train
 HOLD = """
 import sys, time
 from galaxy_class.runs import locked
-with locked(sys.argv[1]) as note_holder:
-    note_holder()
+with locked(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
 """
@@ -42,6 +41,7 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path, tiny_config, h
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     assert train(tiny_config, tmp_path / "run", verbose=0)["n"] > 0
+    assert (tmp_path / "run" / LOCK).read_text() == "", "a released lock names no holder"
 
 
 def test_the_command_line_reports_a_held_folder_in_one_line(capsys, tmp_path, holder):
@@ -55,6 +55,13 @@ def test_a_folder_made_for_a_run_that_could_not_start_is_removed(tmp_path):
     with pytest.raises(RuntimeError), locked(tmp_path / "new" / "run"):
         raise RuntimeError
     assert not (tmp_path / "new" / "run").exists() and (tmp_path / "new").exists()
+
+
+def test_a_folder_that_cannot_be_made_or_written_in_is_one_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(GalaxyClassError, match="notes.txt/run: cannot write in it"), locked(tmp_path / "notes.txt" / "run"):
+        pass
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_locking_a_file_is_refused(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from galaxy_class import GalaxyClassError
 from galaxy_class.data import open_galaxy10, read_images
 from galaxy_class.evaluate import evaluate
-from galaxy_class.runs import load_run, run_state
+from galaxy_class.runs import LOCK, load_run, run_state
 from galaxy_class.train import class_weights, train
 
 
@@ -47,18 +47,18 @@ def test_save_then_load_gives_identical_predictions(tiny_run, sample_file, tmp_p
 
 
 def test_a_finished_run_with_the_same_settings_is_loaded_not_retrained(tiny_run, tiny_config, capsys):
-    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir() if p.name != LOCK}
     metrics = train(tiny_config, tiny_run, verbose=1)
     assert metrics == json.loads((tiny_run / "metrics.json").read_text())
     assert "loaded, not retrained" in capsys.readouterr().out
-    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir() if p.name != LOCK} == before
 
 
 def test_a_finished_run_with_other_settings_is_refused_and_left_untouched(tiny_run, tiny_config):
-    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir() if p.name != LOCK}
     with pytest.raises(GalaxyClassError, match=r"finished run with other settings \(epochs: 1 -> 3\).*overwrite=True"):
         train(tiny_config.replace(epochs=3), tiny_run, verbose=0)
-    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir() if p.name != LOCK} == before
 
 
 class KillAfter(keras.callbacks.Callback):
