@@ -14,6 +14,13 @@ or element-wise as in HiResCAM, Draelos & Carin 2020, which `gradcam` uses) and 
 Grad-CAM++ (Chattopadhyay et al. 2018).
 The randomised models' own centrality shows how much of it any map of a centred galaxy gets.
 The central disk is a proxy: it rewards maps on the galaxy, not maps on the right part of it.
+
+`gradcam` spreads a feature map's cells evenly over the image. MobileNet pads only at the bottom and right
+before each stride of 2, so the geometric centre of each cell's receptive field lies half a cell down and right
+of that (15.5 pixels of the 160-pixel input at conv_pw_12). A third row places each cell's heat at that centre
+before the views are turned back (`cell_centres`), beside the same computed with the cells spread evenly, and
+the line above the table gives, for both placements, the agreement of the 8 views' maps once turned back (mean
+correlation over pairs of views, galaxy by galaxy).
 """
 
 import argparse
@@ -23,10 +30,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy.ndimage import map_coordinates
 from scipy.stats import spearmanr
 
 from galaxy_class.data import open_galaxy10, read_images
-from galaxy_class.gradcam import gradcam, scaled_to_peak, to_image_frame, view_gradients
+from galaxy_class.gradcam import FEATURE_LAYERS, gradcam, scaled_to_peak, to_image_frame, view_gradients
 from galaxy_class.models import base_model
 from galaxy_class.predict import predict_proba
 from galaxy_class.runs import load_run
@@ -79,6 +87,85 @@ def rank_correlation(a, b):
     return (rho[finite].mean() if finite.any() else float("nan")), int(finite.sum())
 
 
+def cell_centres(model, layer):
+    """Where cell i of the feature map at `layer` is centred in the model's input image: per axis (a, b), at
+    pixel a * i + b (0-based pixel centres), from the resizing before the base and the strides, kernels and
+    paddings on the way (TensorFlow's "same" pads an even size at the bottom and right only)."""
+    base = base_model(model)
+    steps = []  # per layer with geometry: per axis (stride, offset), input coordinate = stride * output + offset
+    for item in base.layers[:[layer_.name for layer_ in base.layers].index(layer) + 1]:
+        if isinstance(item, keras.layers.ZeroPadding2D):
+            steps.append([(1, -pad[0]) for pad in item.padding])
+        elif isinstance(item, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.MaxPooling2D)):
+            size = item.kernel_size if hasattr(item, "kernel_size") else item.pool_size
+            dilation = getattr(item, "dilation_rate", (1, 1))
+            axis_steps = []
+            for axis in range(2):
+                stride, kernel = item.strides[axis], (size[axis] - 1) * dilation[axis] + 1
+                pad_top = 0
+                if item.padding == "same":
+                    n_in, n_out = item.input.shape[1 + axis], item.output.shape[1 + axis]
+                    pad_top = max((n_out - 1) * stride + kernel - n_in, 0) // 2
+                axis_steps.append((stride, (kernel - 1) / 2 - pad_top))
+            steps.append(axis_steps)
+    grid = []
+    for axis in range(2):
+        a, b = 1.0, 0.0
+        for step in reversed(steps):
+            stride, offset = step[axis]
+            a, b = stride * a, stride * b + offset
+        scale = model.input.shape[1 + axis] / base.input.shape[1 + axis]  # Resizing, with half-pixel centres
+        grid.append((a * scale, (b + 0.5) * scale - 0.5))
+    return grid
+
+
+def evenly_spread(cells, size):
+    """The grid of `cells` (h, w) spread evenly over an image of `size` (H, W), as `gradcam` places them."""
+    return [(n / c, (n / c - 1) / 2) for c, n in zip(cells, size)]
+
+
+def registered(maps, grid, size):
+    """Maps (..., h, w) on the image grid (..., H, W), bilinear between the cells, edges held, each cell at the
+    pixel `grid` says."""
+    maps = np.asarray(maps, dtype=np.float32)
+    (a_row, b_row), (a_col, b_col) = grid
+    rows, cols = np.meshgrid((np.arange(size[0]) - b_row) / a_row, (np.arange(size[1]) - b_col) / a_col,
+                             indexing="ij")
+    flat = [map_coordinates(m, (rows, cols), order=1, mode="nearest") for m in maps.reshape(-1, *maps.shape[-2:])]
+    return np.stack(flat).reshape(*maps.shape[:-2], *size)
+
+
+def view_maps(model, images, classes, geometric):
+    """The 8 views' element-wise maps of `gradcam`'s layer on the image grid, turned back: (8, n, H, W)."""
+    layer = FEATURE_LAYERS.get(model.name, base_model(model).layers[-1].name)
+    features, grads = view_gradients(model, images, classes, 8, layer)
+    signed = tf.reduce_sum(features * grads, axis=-1)
+    grid = cell_centres(model, layer) if geometric else evenly_spread(signed.shape[2:4], images.shape[1:3])
+    return to_image_frame(registered(signed, grid, images.shape[1:3])[..., None]).numpy()[..., 0]
+
+
+def on_image_grid(geometric):
+    """`gradcam` with each view's map placed on the image grid before it is turned back, clipped after the
+    average: the cells spread evenly (as `gradcam`, which clips before resizing) or at their geometric centres."""
+    def method(model, images, classes):
+        cam = tf.nn.relu(tf.reduce_mean(view_maps(model, images, classes, geometric), axis=0))[..., None]
+        return scaled_to_peak(cam, images.shape[1:3])
+    return method
+
+
+def view_agreement(model, images, classes, geometric):
+    """Mean correlation between the turned-back maps of pairs of views (clipped at 0), galaxy by galaxy."""
+    pairs = []
+    for i in range(0, len(images), BATCH):
+        for views in np.maximum(view_maps(model, images[i:i + BATCH], classes[i:i + BATCH], geometric), 0)\
+                .transpose(1, 0, 2, 3):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a constant map has no correlation
+                r = np.corrcoef(views.reshape(8, -1))[np.triu_indices(8, 1)]
+            pairs.append(np.nanmean(r) if np.isfinite(r).any() else np.nan)
+    return float(np.nanmean(pairs))
+
+
 def candidate_map(weighting, clip, features, grads, size):
     """One candidate map from the (views, n, h, w, c) features and gradients of `view_gradients`: channels
     weighted by their gradients averaged over the map (Grad-CAM), element-wise (HiResCAM, Draelos & Carin
@@ -129,15 +216,18 @@ def main():
         images = read_images(g, indices)
         classes = predict_proba(model, images, tta=True).argmax(axis=1)
         last = base_model(model).layers[-1].name
-        methods = {f"before: {last}, 1 view": dict(views=1, layer=last), "after: `gradcam`": {}}
+        methods = {f"before: {last}, 1 view": lambda m, x, c: gradcam(m, x, c, views=1, layer=last),
+                   "after: `gradcam`": gradcam,
+                   "on the image grid, cells spread evenly": on_image_grid(geometric=False),
+                   "on the image grid, cells at their receptive fields' geometric centres": on_image_grid(geometric=True)}
         disk = central_disk(images.shape[1:3]).mean()
         rows.append(f"| {run.name} | flat map (peak: a random pixel) | trained | {disk:.3f} | {disk:.3f} | |")
         weights = {"trained": model, "top layer randomised": randomised(model, top_only=True),
                    "all weights randomised": randomised(model, top_only=False)}
-        for name, kwargs in methods.items():
+        for name, method in methods.items():
             trained = None
             for kind, m in weights.items():
-                maps = batched(lambda x, c: gradcam(m, x, c, **kwargs), images, classes)
+                maps = batched(lambda x, c: method(m, x, c), images, classes)
                 heat, peaks = centrality(maps)
                 if trained is None:
                     trained, rho = maps, ""
@@ -145,7 +235,10 @@ def main():
                     r, n = rank_correlation(trained, maps)
                     rho = f"{r:.2f}" + (f" ({len(maps) - n} maps constant)" if n < len(maps) else "")
                 rows.append(f"| {run.name} | {name} | {kind} | {heat:.3f} | {peaks:.3f} | {rho} |")
-        print(f"{run.name}: {len(images)} {args.split} galaxies of {g.path.name}", flush=True)
+        print(f"{run.name}: {len(images)} {args.split} galaxies of {g.path.name}; agreement of the 8 views' maps: "
+              f"{view_agreement(model, images, classes, geometric=False):.3f} with the cells spread evenly "
+              f"(`gradcam`), {view_agreement(model, images, classes, geometric=True):.3f} at their geometric "
+              f"centres", flush=True)
         if args.candidates:
             for layer in CANDIDATE_LAYERS.get(config.model, [last]):
                 for views in (1, 8):

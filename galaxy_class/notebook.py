@@ -22,7 +22,7 @@ def folders(models_dir=None, figures_dir=None, quick=False, drive=False):
 
     Defaults: models/ and figures/, or scratch folders under runs/quick/ in quick mode, so a smoke run never
     touches the committed figures or a real run. `drive` (Colab) keeps the run folders on Google Drive,
-    where a disconnected session finds its unfinished run and resumes it.
+    where a run cut off with the runtime finds its unfinished run and resumes it.
     """
     models = Path(models_dir) if models_dir else (SCRATCH / "models" if quick else Path("models"))
     figures = Path(figures_dir) if figures_dir else (SCRATCH / "figures" if quick else Path("figures"))

@@ -211,3 +211,64 @@ def test_elementwise_weighting_is_grad_cam_at_the_layer_before_the_pooling(image
     np.testing.assert_allclose(last, channel_means("conv_pw_13_relu"), atol=1e-5)
     earlier = gradcam(model, images, class_index=1, layer="conv_pw_12_relu")
     assert np.abs(earlier - channel_means("conv_pw_12_relu")).mean() > 0.02
+
+
+def explanations_benchmark():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("explanations_benchmark", ROOT / "benchmarks" / "explanations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def toy_classifier(size=69, resized=160):
+    """A classifier shaped like build_model's (preprocessing, a base named "base", a head) whose base pads only
+    at the bottom and right before each strided convolution, as MobileNet does, with 3x3 kernels of ones."""
+    inputs = keras.Input((resized, resized, 3))
+    x = inputs
+    for i in range(3):
+        x = layers.ZeroPadding2D(((0, 1), (0, 1)))(x)
+        x = layers.Conv2D(1, 3, strides=2, padding="valid", use_bias=False, kernel_initializer="ones", name=f"conv{i}")(x)
+    x = layers.Conv2D(1, 3, strides=2, padding="same", use_bias=False, kernel_initializer="ones", name="conv3")(x)
+    base = keras.Model(inputs, x, name="base")
+    image = keras.Input((size, size, 3), dtype="uint8")
+    y = base(layers.Resizing(resized, resized)(layers.Rescaling(1 / 255)(image)))
+    y = layers.GlobalAveragePooling2D()(y)
+    return keras.Model(image, layers.Dense(2, name="probabilities")(y), name="toy"), base
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv3"])
+def test_the_benchmarks_cell_centres_are_the_centres_of_each_cells_receptive_field(layer):
+    model, base = toy_classifier()
+    features = keras.Model(base.inputs, base.get_layer(layer).output)
+    (a, b), _ = explanations_benchmark().cell_centres(model, layer)
+    x = tf.Variable(tf.ones((1, 160, 160, 3)))
+    h = features.output.shape[1]
+    for i in (1, h // 2, h - 2):  # cells whose receptive field lies inside the image
+        with tf.GradientTape() as tape:
+            cell = features(x)[0, i, i, 0]
+        weight = tf.reduce_sum(tf.abs(tape.gradient(cell, x)[0]), axis=(1, 2)).numpy()  # per row of the input
+        row = (weight * np.arange(160)).sum() / weight.sum()  # the centre of what the cell sees, 160-px rows
+        assert (a * i + b + 0.5) * 160 / 69 - 0.5 == pytest.approx(row, abs=1e-4)
+
+
+def test_mobilenets_geometric_grid_sits_down_and_right_of_gradcams_and_the_even_one_is_gradcam(imagenet_mobilenet,
+                                                                                               sample_file):
+    bench, model = explanations_benchmark(), imagenet_mobilenet
+    base = model.get_layer("base")
+    (a, b), (a_col, b_col) = bench.cell_centres(model, "conv_pw_12_relu")
+    image, resized, cells = model.input.shape[1], base.input.shape[1], base.get_layer("conv_pw_12_relu").output.shape[1]
+    (even_a, even_b), _ = bench.evenly_spread((cells, cells), (image, image))
+    assert (a, b) == (a_col, b_col) and a == pytest.approx(even_a)
+    # Five bottom-right paddings before strides of 2: 0.5 + 1 + 2 + 4 + 8 pixels of the resized input.
+    assert (b - even_b) * resized / image == pytest.approx(15.5)
+    images = read_images(open_galaxy10(sample_file), range(3))
+    even = bench.on_image_grid(geometric=False)(model, images, np.array([1, 1, 1]))
+    # gradcam clips the cells' mean before resizing it, the image grid after: close, not equal. The geometric
+    # grid moves the heat.
+    geometric = bench.on_image_grid(geometric=True)(model, images, np.array([1, 1, 1]))
+    same = gradcam(model, images, class_index=1)
+    assert np.corrcoef(even.ravel(), same.ravel())[0, 1] > 0.95 > np.corrcoef(geometric.ravel(), same.ravel())[0, 1]
