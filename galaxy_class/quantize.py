@@ -5,9 +5,11 @@ Equalization and Bias Correction"), measured on real training images:
 
 - `equalize_activations`: many channels after a ReLU6 stay far below 6, the top of their tensor's one int8
   range, and the next layer gives them large weights to make up for it. Each such channel is scaled up
-  (its BatchNormalization's gamma and beta) and the weights reading it down by the same factor, so the
-  float model is unchanged and int8 spends its levels where the values are. Cross-layer equalisation with
-  ReLU6 kept: a channel is only scaled up, and only as far as its ReLU6 never clipped it on the images.
+  (its BatchNormalization's gamma and beta) and the weights reading it down by the same factor, so int8
+  spends its levels where the values are. Cross-layer equalisation with ReLU6 kept: a channel is only scaled
+  up, and only as far as its ReLU6 never clipped it on the images, with room to spare (HEADROOM). The float
+  model is unchanged on images that stay within that room; one that drives a scaled channel further is
+  clipped where the original was not (benchmarks/equalisation.py measures by how much).
 - `correct_bias`: rounding a convolution's weights to int8, and the activations before it, shifts the
   average of its output channels; BatchNormalization then multiplies that shift by large factors where a
   channel's variance is small. Each BatchNormalization's mean is moved to cancel the shift measured on
@@ -39,7 +41,8 @@ def prepare_for_int8(model, images, views):
 
 def equalize_activations(model, images, batch_size=64):
     """A copy of `model` (made by `galaxy_class.models.build_model`) whose ReLU6 channels are rescaled for int8
-    as this module describes, measured on uint8 `images`; its outputs equal the model's up to float rounding."""
+    as this module describes, measured on uint8 `images`; its outputs equal the model's up to float rounding on
+    images whose activations stay within HEADROOM of those peaks."""
     import keras
 
     copy = keras.models.clone_model(model)
