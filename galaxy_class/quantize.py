@@ -28,15 +28,41 @@ MAX_FACTOR = 10.0
 
 
 def prepare_for_int8(model, images, views):
-    """`model` with both transforms applied (peaks measured on `views`, means on `images`), or `model` itself
-    when its base is not one chain of BatchNormalization-ReLU6 blocks (SqueezeNet, MobileNet v2)."""
+    """`model` with both transforms applied (peaks measured on `views`, means on `images`), or with its Caffe mean
+    folded into its first convolution (SqueezeNet), or `model` itself (MobileNet v2)."""
     from keras import layers
 
+    if any(layer.name == "caffe_mean" for layer in model.layers):
+        return fold_mean(model)
     base = model.get_layer("base")
     chain = all(len(layer._inbound_nodes) == 1 and _inbound(layer) is not None for layer in base.layers[1:])
     if not (chain and any(isinstance(layer, layers.BatchNormalization) for layer in base.layers)):
         return model
     return correct_bias(equalize_activations(model, views), images)
+
+
+def fold_mean(model):
+    """A copy of a SqueezeNet made by `build_model` that subtracts its Caffe mean in conv1's bias instead of a
+    layer before it: the same float model (conv1 pads nothing, and resizing keeps a constant), whose first
+    tensor is then the image itself, which int8 holds exactly (scale 1) instead of at a coarser scale."""
+    import keras
+
+    from galaxy_class.models import CAFFE_MEAN_RGB
+
+    def without_mean(layer):
+        if layer.name == "caffe_mean":
+            return keras.layers.Normalization(mean=(0.0,) * 3, variance=(1.0,) * 3, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=without_mean)
+    copy.set_weights(model.get_weights())
+    mean = np.asarray(CAFFE_MEAN_RGB, np.float32)
+    conv = copy.get_layer("base").get_layer("conv1")
+    if conv.padding != "valid":
+        raise ValueError("folding the mean into a padded convolution would change its border")
+    kernel, bias = conv.get_weights()
+    conv.set_weights([kernel, bias - np.einsum("hwco,c->o", kernel, mean)])
+    return copy
 
 
 def equalize_activations(model, images, batch_size=64):

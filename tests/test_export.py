@@ -217,3 +217,22 @@ def test_bad_run_folders_and_non_model_files_are_one_error_line(capsys, run, tmp
     assert_one_error_line(*run_cli(capsys, "evaluate", tmp_path / "missing.tflite")[::2], "missing.tflite",
                           "no such file")
 
+
+
+def test_squeezenets_int8_file_takes_the_pixels_at_their_own_scale_with_the_mean_folded_into_conv1(
+        tiny_config, tmp_path, sample_file):
+    from galaxy_class.quantize import fold_mean
+    from galaxy_class.train import train
+
+    run = tmp_path / "squeezenet"
+    train(tiny_config.replace(model="squeezenet", fine_tune_epochs=0, precision="float32"), run, verbose=0)
+    model, _, split = load_run(run)
+    images = read_images(open_galaxy10(sample_file), split["test"][:32])
+    np.testing.assert_allclose(np.asarray(fold_mean(model)(images)), np.asarray(model(images)), atol=1e-5)
+    report = export_tflite(run, "int8", calibration_images=50, verbose=False)
+    lite = TFLiteModel(report["tflite"])
+    ops = lite.interpreter._get_ops_details()
+    tensors = {t["index"]: t for t in lite.interpreter.get_tensor_details()}
+    first = ops[0]
+    assert first["op_name"] == "QUANTIZE" and "SUB" not in {op["op_name"] for op in ops}
+    assert tensors[first["outputs"][0]]["quantization"] == (1.0, -128), "every pixel value kept: int8 = pixel - 128"
