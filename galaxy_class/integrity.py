@@ -292,11 +292,15 @@ class Overlap:
     by_pixels: np.ndarray  # the other file's images whose pixels (any flip or rotation) the run has seen
     by_position: np.ndarray | None  # those within tolerance_arcsec of a run image on the sky; None: not checked
     blank: np.ndarray  # the other file's blank images
-    unseen: np.ndarray  # neither seen (by pixels or position) nor blank: the ones to evaluate on
 
     @property
     def seen(self) -> np.ndarray:
         return np.union1d(self.by_pixels, self.by_pixels if self.by_position is None else self.by_position)
+
+    @property
+    def unseen(self) -> np.ndarray:
+        """Neither seen (by pixels or position) nor blank: the ones to evaluate on."""
+        return np.setdiff1d(np.arange(self.n), np.union1d(self.seen, self.blank))
 
     def summary(self) -> list[str]:
         """Lines of text: how many of the other file's images were seen, and how."""
@@ -343,7 +347,4 @@ def overlap(g: Galaxy10File, indices, other: Galaxy10File, tolerance_arcsec: flo
         pairs, _ = _near(*their_positions, ra, dec, tolerance_arcsec)
         by_position = np.unique(pairs[:, 0])
     blank = np.flatnonzero(theirs.blank)
-    seen = np.union1d(by_pixels, by_pixels if by_position is None else by_position)
-    unseen = np.setdiff1d(np.arange(other.n), np.union1d(seen, blank))
-    return Overlap(other.path, other.n, g.path, len(indices), float(tolerance_arcsec), by_pixels, by_position, blank,
-                   unseen)
+    return Overlap(other.path, other.n, g.path, len(indices), float(tolerance_arcsec), by_pixels, by_position, blank)
